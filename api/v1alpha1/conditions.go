@@ -1,0 +1,129 @@
+package v1alpha1
+
+// Condition types. Ready, Reconciling and Stalled follow kstatus: Reconciling
+// and Stalled are abnormal-true and only present while true.
+const (
+	// ReadyCondition is True when the object's spec was validated and every
+	// object it depends on is in place; the dispatcher acts only on objects
+	// whose Ready condition is True for their current generation.
+	ReadyCondition = "Ready"
+
+	// ReconcilingCondition is True while the manager is working towards the
+	// desired state.
+	ReconcilingCondition = "Reconciling"
+
+	// StalledCondition is True when reconciliation cannot progress until the
+	// user changes something.
+	StalledCondition = "Stalled"
+
+	// DeliveryHealthyCondition reports delivery health of a WebhookEndpoint.
+	// It is written by the dispatcher under its own field manager.
+	DeliveryHealthyCondition = "DeliveryHealthy"
+)
+
+// Reasons of the Ready, Reconciling and Stalled conditions.
+const (
+	// ReconciledReason: the spec was fully processed.
+	ReconciledReason = "Reconciled"
+	// ProgressingReason: the manager is acting on a new generation.
+	ProgressingReason = "Progressing"
+	// SuspendedReason: spec.suspend is true; the object is valid but inactive.
+	SuspendedReason = "Suspended"
+	// InvalidSpecReason: a validation rule failed (terminal).
+	InvalidSpecReason = "InvalidSpec"
+	// SecretNotFoundReason: a referenced Secret does not exist.
+	SecretNotFoundReason = "SecretNotFound"
+	// SecretKeyNotFoundReason: a referenced Secret lacks the named key.
+	SecretKeyNotFoundReason = "SecretKeyNotFound"
+	// InvalidSigningSecretReason: the user-supplied signing secret cannot be
+	// decoded as a Standard Webhooks secret.
+	InvalidSigningSecretReason = "InvalidSigningSecret"
+	// SecretConflictReason: a Secret with the managed Secret's name exists
+	// and is not controlled by this endpoint; Herald will not overwrite it.
+	SecretConflictReason = "SecretConflict"
+	// InvalidTLSReason: the CA bundle or client certificate cannot be parsed.
+	InvalidTLSReason = "InvalidTLS"
+	// EndpointNotFoundReason: a Subscription's endpoint does not exist.
+	EndpointNotFoundReason = "EndpointNotFound"
+	// EndpointNotReadyReason: a Subscription's endpoint exists but is not Ready.
+	EndpointNotReadyReason = "EndpointNotReady"
+	// InvalidFilterReason: a Subscription's CEL filter does not compile.
+	InvalidFilterReason = "InvalidFilter"
+)
+
+// Reasons of the DeliveryHealthy condition.
+const (
+	DeliveringReason          = "Delivering"
+	NoTrafficReason           = "NoTraffic"
+	ConsecutiveFailuresReason = "ConsecutiveFailures"
+	CircuitOpenReason         = "CircuitOpen"
+	DisabledReason            = "Disabled"
+	EndpointGoneReason        = "EndpointGone"
+	BlockedAddressReason      = "BlockedAddress"
+	SigningKeyMissingReason   = "SigningKeyMissing"
+)
+
+// Labels, annotations and well-known names shared by the manager and the
+// dispatcher.
+const (
+	// ManagedByLabel marks every object Herald creates.
+	ManagedByLabel = "app.kubernetes.io/managed-by"
+	// ManagedByValue is the value of ManagedByLabel on Herald's objects.
+	ManagedByValue = "herald"
+
+	// SecretTypeLabel selects the Secrets the dispatcher may read. The
+	// dispatcher's informer is restricted to SecretTypeLabel=SecretTypeEndpoint.
+	SecretTypeLabel = "herald.dev/secret-type"
+	// SecretTypeEndpoint labels an endpoint's managed Secret.
+	SecretTypeEndpoint = "endpoint"
+
+	// HandledRotationAnnotation on a managed Secret records the value of
+	// RotateSigningKeyAnnotation the last rotation acted on.
+	HandledRotationAnnotation = "herald.dev/handled-rotation"
+
+	// EndpointNameAnnotation on a managed Secret names its WebhookEndpoint.
+	// (Object names can exceed the 63 characters a label value allows.)
+	EndpointNameAnnotation = "herald.dev/endpoint"
+
+	// RotateSigningKeyAnnotation requests a rotation of a generated signing
+	// key: set it to any new value (for example a timestamp). The manager
+	// rotates once per distinct value and records the value it handled in
+	// status.signing.lastHandledRotation.
+	RotateSigningKeyAnnotation = "herald.dev/rotate-signing-key"
+
+	// ComponentLabel names the part of Herald an object belongs to.
+	ComponentLabel = "app.kubernetes.io/component"
+	// NameLabel is the application name label.
+	NameLabel = "app.kubernetes.io/name"
+	// DispatcherName is the name of the dispatcher's objects and the value
+	// of NameLabel on them.
+	DispatcherName = "herald-dispatcher"
+)
+
+// Keys of an endpoint's managed Secret. The manager writes them; the
+// dispatcher reads them.
+const (
+	// SigningSecretKey holds the current signing secret (whsec_… for
+	// HMAC-SHA256, whpk_… public key for Ed25519) for receivers to copy.
+	SigningSecretKey = "secret"
+	// SigningKeysKey holds the JSON list of valid signing keys (SigningKey).
+	SigningKeysKey = "signing-keys.json"
+	// HeadersKey holds a JSON object of header values taken from Secrets.
+	HeadersKey = "headers.json"
+	// CABundleKey holds the PEM CA bundle used to verify the receiver.
+	CABundleKey = "ca.crt"
+	// ClientCertKey and ClientKeyKey hold the client certificate and key.
+	ClientCertKey = "tls.crt"
+	ClientKeyKey  = "tls.key"
+)
+
+// Standard Webhooks header names. They cannot be set through spec.headers.
+const (
+	WebhookIDHeader        = "webhook-id"
+	WebhookTimestampHeader = "webhook-timestamp"
+	WebhookSignatureHeader = "webhook-signature"
+)
+
+// DefaultAudience is the token audience the dispatcher's ingest accepts by
+// default.
+const DefaultAudience = "herald.dev"

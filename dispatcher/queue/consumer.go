@@ -1,0 +1,320 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Consumer defaults for zero ConsumerOptions fields.
+const (
+	// DefaultEventMaxAckPending bounds events in fan-out at once.
+	DefaultEventMaxAckPending = 1000
+	// DefaultEventAckWait is how long fan-out of one event may take.
+	DefaultEventAckWait = 30 * time.Second
+	// DefaultDeliveryMaxAckPending bounds an endpoint's deliveries that are
+	// in flight or waiting for a retry.
+	DefaultDeliveryMaxAckPending = 1000
+	// DefaultDeliveryAckWait is how long one delivery attempt may take
+	// without calling InProgress.
+	DefaultDeliveryAckWait = time.Minute
+	// DefaultFetchWait is the longest Fetch waits for a first message.
+	DefaultFetchWait = 5 * time.Second
+)
+
+// ConsumerOptions tune a durable consumer. Zero fields take the defaults of
+// the consumer's kind. Calling EventConsumer or DeliveryConsumer again with
+// different options updates the consumer in place; messages and delivery
+// counts are kept.
+type ConsumerOptions struct {
+	// MaxAckPending is how many messages may be delivered and not yet
+	// acknowledged at once, across all dispatcher replicas. JetStream counts
+	// a message waiting for its NakWithDelay redelivery as pending too, so
+	// this bounds in-flight plus backing-off messages; it is not the
+	// endpoint's maxInFlight, which the delivery stage enforces itself. Set it
+	// to 1 for an Ordered endpoint: the next message is then not delivered
+	// before the current one is acknowledged, even across retries.
+	MaxAckPending int
+
+	// AckWait is how long a delivered message may stay unacknowledged before
+	// JetStream redelivers it. Attempts that may take longer call
+	// Message.InProgress to extend it.
+	AckWait time.Duration
+
+	// FetchWait is the longest Fetch waits for a message when its context
+	// has no earlier deadline. Defaults to 5s.
+	FetchWait time.Duration
+}
+
+// Consumer is a durable pull consumer. Several dispatcher replicas using the
+// same consumer share its messages: each message goes to one of them at a
+// time.
+type Consumer struct {
+	q         *Queue
+	consumer  jetstream.Consumer
+	name      string
+	fetchWait time.Duration
+}
+
+// EventConsumer creates or updates the durable consumer of all events, for
+// the fan-out stage, and returns it. The events stream is a work queue, which
+// admits one consumer: every dispatcher replica must use the same name.
+func (q *Queue) EventConsumer(ctx context.Context, name string, opts ConsumerOptions) (*Consumer, error) {
+	if name == "" || SubjectToken(name) != name {
+		return nil, fmt.Errorf("event consumer name %q: must be non-empty and contain only [a-z0-9-]", name)
+	}
+	opts = opts.withDefaults(DefaultEventMaxAckPending, DefaultEventAckWait)
+	return q.consumer(ctx, q.events, jetstream.ConsumerConfig{
+		Durable:       name,
+		Description:   "Herald fan-out of ingested events",
+		FilterSubject: eventsPrefix + ".*",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       opts.AckWait,
+		MaxAckPending: opts.MaxAckPending,
+		// Retries are decided by the router; JetStream never gives up.
+		MaxDeliver:    -1,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	}, opts.FetchWait)
+}
+
+// DeliveryConsumer creates or updates the durable consumer of one endpoint's
+// deliveries and returns it. Its messages carry NumDelivered, the attempt
+// number; the delivery stage retries with Message.NakWithDelay and gives up
+// with Queue.DeadLetter.
+func (q *Queue) DeliveryConsumer(ctx context.Context, namespace, endpoint string, opts ConsumerOptions) (*Consumer, error) {
+	if err := validateEndpoint(namespace, endpoint); err != nil {
+		return nil, err
+	}
+	opts = opts.withDefaults(DefaultDeliveryMaxAckPending, DefaultDeliveryAckWait)
+	return q.consumer(ctx, q.deliveries, jetstream.ConsumerConfig{
+		Durable:       deliveryConsumerName(namespace, endpoint),
+		Description:   fmt.Sprintf("Herald deliveries to WebhookEndpoint %s/%s", namespace, endpoint),
+		FilterSubject: DeliverySubject(namespace, endpoint),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       opts.AckWait,
+		MaxAckPending: opts.MaxAckPending,
+		// Retries and giving up are the delivery stage's policy (attempts and
+		// age from the endpoint spec); JetStream never drops a delivery.
+		MaxDeliver:    -1,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		Metadata: map[string]string{
+			"herald.dev/namespace": namespace,
+			"herald.dev/endpoint":  endpoint,
+		},
+	}, opts.FetchWait)
+}
+
+func (o ConsumerOptions) withDefaults(maxAckPending int, ackWait time.Duration) ConsumerOptions {
+	if o.MaxAckPending <= 0 {
+		o.MaxAckPending = maxAckPending
+	}
+	if o.AckWait <= 0 {
+		o.AckWait = ackWait
+	}
+	if o.FetchWait <= 0 {
+		o.FetchWait = DefaultFetchWait
+	}
+	return o
+}
+
+func (q *Queue) consumer(ctx context.Context, stream jetstream.Stream, cc jetstream.ConsumerConfig, fetchWait time.Duration) (*Consumer, error) {
+	var consumer jetstream.Consumer
+	err := retryTransient(ctx, q.cfg.PublishTimeout, func(attemptCtx context.Context) error {
+		var err error
+		consumer, err = stream.CreateOrUpdateConsumer(attemptCtx, cc)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create or update consumer %s on %s: %w", cc.Durable, stream.CachedInfo().Config.Name, classify(err))
+	}
+	return &Consumer{q: q, consumer: consumer, name: cc.Durable, fetchWait: fetchWait}, nil
+}
+
+// Name is the durable consumer name.
+func (c *Consumer) Name() string { return c.name }
+
+// Fetch waits until at least one message is available, then returns it
+// together with up to limit-1 further messages that are already waiting. It
+// returns no messages and no error when none arrived within the consumer's
+// FetchWait, so callers loop; it returns ctx's error once ctx ends.
+//
+// Fetch asks only for as many messages as the caller can handle now, so
+// messages are not buffered in the client while their AckWait runs.
+func (c *Consumer) Fetch(ctx context.Context, limit int) ([]*Message, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	limit = max(1, limit)
+	waitUntil := time.Now().Add(c.fetchWait)
+	waitCtx, cancel := context.WithDeadline(ctx, waitUntil)
+	defer cancel()
+	batch, err := c.consumer.Fetch(1, jetstream.FetchContext(waitCtx))
+	if err != nil {
+		return nil, c.fetchError(ctx, err)
+	}
+	msgs, err := c.collect(batch)
+	if err != nil {
+		return msgs, c.fetchError(ctx, err)
+	}
+	if len(msgs) == 0 {
+		if deadline, ok := ctx.Deadline(); ok && !deadline.After(waitUntil) {
+			// The server ends a pull request a little before the deadline
+			// it was given; sit out the rest so the caller sees its context
+			// end instead of an empty result it would retry.
+			<-ctx.Done()
+		}
+		return nil, ctx.Err()
+	}
+	if limit > 1 {
+		batch, err := c.consumer.FetchNoWait(limit - 1)
+		if err != nil {
+			// The first message is already delivered to us; hand it over and
+			// let the next Fetch report a persistent problem.
+			return msgs, nil
+		}
+		more, _ := c.collect(batch)
+		msgs = append(msgs, more...)
+	}
+	return msgs, nil
+}
+
+func (c *Consumer) fetchError(ctx context.Context, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return ctxErr
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, jetstream.ErrNoMessages) {
+		return nil // FetchWait passed without messages
+	}
+	return fmt.Errorf("fetch from consumer %s: %w", c.name, classify(err))
+}
+
+func (c *Consumer) collect(batch jetstream.MessageBatch) ([]*Message, error) {
+	var msgs []*Message
+	for m := range batch.Messages() {
+		msg, err := newMessage(m)
+		if err != nil {
+			// Not a subject this package publishes to (a foreign client
+			// wrote to a Herald stream): nobody can process it, so take it
+			// out of the queue instead of redelivering it for ever.
+			c.q.log.Error(err, "Terminating unprocessable message", "consumer", c.name, "subject", m.Subject())
+			_ = m.TermWithReason(err.Error())
+			continue
+		}
+		msgs = append(msgs, msg)
+	}
+	return msgs, batch.Error()
+}
+
+// Pending is the number of messages of this consumer not yet acknowledged:
+// waiting to be delivered plus delivered and unacknowledged (in flight or
+// waiting for a delayed redelivery).
+func (c *Consumer) Pending(ctx context.Context) (uint64, error) {
+	info, err := c.consumer.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("consumer %s info: %w", c.name, err)
+	}
+	return info.NumPending + uint64(info.NumAckPending), nil
+}
+
+// Message is one message delivered by a Consumer. Exactly one of Ack,
+// NakWithDelay, Nak, Term or Queue.DeadLetter should end its processing;
+// InProgress may be called any number of times before that.
+type Message struct {
+	// Namespace is the namespace the message was published for.
+	Namespace string
+	// Endpoint is the WebhookEndpoint name of a delivery or dead letter;
+	// empty for an event.
+	Endpoint string
+	// Subject is the JetStream subject the message is stored under.
+	Subject string
+	// Data is the payload as published.
+	Data []byte
+	// Header holds the headers as published (without JetStream's own).
+	Header Header
+	// DedupID is the de-duplication id the message was published with.
+	DedupID string
+	// Sequence is the message's sequence number in its stream.
+	Sequence uint64
+	// NumDelivered is how often the message has been delivered to the
+	// consumer, this time included: 1 on the first attempt. It counts
+	// redeliveries after Nak, NakWithDelay and an expired AckWait.
+	NumDelivered uint64
+	// Timestamp is when the message was stored.
+	Timestamp time.Time
+
+	msg jetstream.Msg
+}
+
+func newMessage(m jetstream.Msg) (*Message, error) {
+	meta, err := m.Metadata()
+	if err != nil {
+		return nil, fmt.Errorf("message metadata: %w", err)
+	}
+	namespace, endpoint, err := parseSubject(m.Subject())
+	if err != nil {
+		return nil, err
+	}
+	return &Message{
+		Namespace:    namespace,
+		Endpoint:     endpoint,
+		Subject:      m.Subject(),
+		Data:         m.Data(),
+		Header:       publicHeader(m.Headers()),
+		DedupID:      m.Headers().Get(jetstream.MsgIDHeader),
+		Sequence:     meta.Sequence.Stream,
+		NumDelivered: meta.NumDelivered,
+		Timestamp:    meta.Timestamp,
+		msg:          m,
+	}, nil
+}
+
+// Ack acknowledges the message and waits for the server to confirm, so that
+// after a nil return the message will not be redelivered (on a work-queue
+// stream it is then deleted).
+func (m *Message) Ack(ctx context.Context) error {
+	if err := m.msg.DoubleAck(ctx); err != nil {
+		return fmt.Errorf("ack message %d on %s: %w", m.Sequence, m.Subject, err)
+	}
+	return nil
+}
+
+// Nak asks for immediate redelivery.
+func (m *Message) Nak() error {
+	if err := m.msg.Nak(); err != nil {
+		return fmt.Errorf("nak message %d on %s: %w", m.Sequence, m.Subject, err)
+	}
+	return nil
+}
+
+// NakWithDelay asks for redelivery after delay, the retry backoff. The
+// server keeps the timer, so the retry survives a dispatcher restart (after
+// which AckWait decides). Until redelivery the message counts against
+// MaxAckPending. Like Nak, InProgress and Term it is not confirmed by the
+// server: if it is lost, the message comes back after AckWait instead.
+func (m *Message) NakWithDelay(delay time.Duration) error {
+	if err := m.msg.NakWithDelay(delay); err != nil {
+		return fmt.Errorf("nak message %d on %s with delay %s: %w", m.Sequence, m.Subject, delay, err)
+	}
+	return nil
+}
+
+// InProgress resets the message's AckWait: the attempt is still running.
+func (m *Message) InProgress() error {
+	if err := m.msg.InProgress(); err != nil {
+		return fmt.Errorf("mark message %d on %s in progress: %w", m.Sequence, m.Subject, err)
+	}
+	return nil
+}
+
+// Term stops redelivery of a message that can never be processed (for
+// example an event payload that does not decode) and removes it from the
+// queue. Use Queue.DeadLetter for deliveries, which keeps them for replay.
+func (m *Message) Term(reason string) error {
+	if err := m.msg.TermWithReason(reason); err != nil {
+		return fmt.Errorf("terminate message %d on %s: %w", m.Sequence, m.Subject, err)
+	}
+	return nil
+}

@@ -1,0 +1,122 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Pending is the number of deliveries queued for an endpoint and not yet
+// acknowledged: waiting for a first attempt, in flight, or waiting for a
+// retry. It is the endpoint consumer's NumPending plus NumAckPending, or, before
+// the delivery stage created the consumer, the number of stored deliveries.
+func (q *Queue) Pending(ctx context.Context, namespace, endpoint string) (uint64, error) {
+	if err := validateEndpoint(namespace, endpoint); err != nil {
+		return 0, err
+	}
+	consumer, err := q.deliveries.Consumer(ctx, deliveryConsumerName(namespace, endpoint))
+	switch {
+	case err == nil:
+		info := consumer.CachedInfo() // fetched by Consumer just now
+		return info.NumPending + uint64(info.NumAckPending), nil
+	case !errors.Is(err, jetstream.ErrConsumerNotFound):
+		return 0, fmt.Errorf("pending deliveries for %s/%s: %w", namespace, endpoint, err)
+	}
+	return q.subjectCount(ctx, q.deliveries, DeliverySubject(namespace, endpoint))
+}
+
+// DeadLetterCount is the number of dead-lettered deliveries kept for an
+// endpoint.
+func (q *Queue) DeadLetterCount(ctx context.Context, namespace, endpoint string) (uint64, error) {
+	if err := validateEndpoint(namespace, endpoint); err != nil {
+		return 0, err
+	}
+	return q.subjectCount(ctx, q.deadLetter, DeadLetterSubject(namespace, endpoint))
+}
+
+func (q *Queue) subjectCount(ctx context.Context, stream jetstream.Stream, subject string) (uint64, error) {
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		return 0, fmt.Errorf("count messages on %s: %w", subject, err)
+	}
+	return info.State.Subjects[subject], nil
+}
+
+// ReplayDeadLetters moves the dead-lettered deliveries of an endpoint back
+// into its delivery queue, oldest first, and returns how many it moved. Each
+// replayed delivery starts again with NumDelivered 1 and the headers it had
+// before it was dead-lettered.
+//
+// Every delivery is re-queued before it is removed from the dead-letter
+// stream, so an interrupted replay loses nothing; replaying again within the
+// duplicate window does not queue twice what an interrupted replay already
+// queued. Deliveries dead-lettered while the replay runs wait for the next
+// one.
+func (q *Queue) ReplayDeadLetters(ctx context.Context, namespace, endpoint string) (int, error) {
+	if err := validateEndpoint(namespace, endpoint); err != nil {
+		return 0, err
+	}
+	subject := DeadLetterSubject(namespace, endpoint)
+	info, err := q.deadLetter.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("replay dead letters of %s/%s: %w", namespace, endpoint, err)
+	}
+	lastSeq := info.State.LastSeq
+
+	replayed := 0
+	for seq := uint64(1); seq <= lastSeq; {
+		raw, err := q.deadLetter.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return replayed, fmt.Errorf("replay dead letters of %s/%s: read message at or after %d: %w", namespace, endpoint, seq, err)
+		}
+		if raw.Sequence > lastSeq {
+			break
+		}
+		header := publicHeader(raw.Header)
+		header.Del(HeaderDeadLetterReason)
+		header.Del(HeaderDeadLetterAttempts)
+		header.Del(HeaderDeadLetterTime)
+		// A fresh id: the original may still be in the duplicate window of the
+		// deliveries stream. It derives from the dead letter's sequence, so a
+		// repeated replay of the same dead letter is de-duplicated.
+		dedupID := hashFields("herald-replay/v1", raw.Header.Get(jetstream.MsgIDHeader), strconv.FormatUint(raw.Sequence, 10))
+		if _, _, err := q.PublishDelivery(ctx, namespace, endpoint, dedupID, raw.Data, header); err != nil {
+			return replayed, fmt.Errorf("replay dead letter %d of %s/%s: %w", raw.Sequence, namespace, endpoint, err)
+		}
+		if err := q.deadLetter.DeleteMsg(ctx, raw.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return replayed, fmt.Errorf("remove replayed dead letter %d of %s/%s: %w", raw.Sequence, namespace, endpoint, err)
+		}
+		replayed++
+		seq = raw.Sequence + 1
+	}
+	if replayed > 0 {
+		q.log.Info("Replayed dead-lettered deliveries", "namespace", namespace, "endpoint", endpoint, "count", replayed)
+	}
+	return replayed, nil
+}
+
+// RemoveEndpoint deletes everything the queue holds for an endpoint that no
+// longer exists: its consumer, its queued deliveries and its dead letters.
+// Removing an endpoint that has nothing queued is not an error.
+func (q *Queue) RemoveEndpoint(ctx context.Context, namespace, endpoint string) error {
+	if err := validateEndpoint(namespace, endpoint); err != nil {
+		return err
+	}
+	name := deliveryConsumerName(namespace, endpoint)
+	if err := q.deliveries.DeleteConsumer(ctx, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("remove endpoint %s/%s: delete consumer %s: %w", namespace, endpoint, name, err)
+	}
+	if err := q.deliveries.Purge(ctx, jetstream.WithPurgeSubject(DeliverySubject(namespace, endpoint))); err != nil {
+		return fmt.Errorf("remove endpoint %s/%s: purge deliveries: %w", namespace, endpoint, err)
+	}
+	if err := q.deadLetter.Purge(ctx, jetstream.WithPurgeSubject(DeadLetterSubject(namespace, endpoint))); err != nil {
+		return fmt.Errorf("remove endpoint %s/%s: purge dead letters: %w", namespace, endpoint, err)
+	}
+	return nil
+}
