@@ -1,0 +1,49 @@
+// Package catalog is the dispatcher's view of the cluster: the
+// WebhookEndpoints and Subscriptions whose Ready condition is True for
+// their current generation, and each endpoint's managed Secret. It is fed by
+// informers (Secrets label-selected) and read by the router and delivery
+// stages.
+package catalog
+
+import (
+	"github.com/herald-dev/herald/api/filter"
+	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
+)
+
+// Endpoint is a Ready WebhookEndpoint with the material of its managed
+// Secret. Values are immutable snapshots: a change replaces the whole value.
+type Endpoint struct {
+	Namespace  string
+	Name       string
+	Generation int64
+	// Spec is a deep copy of the endpoint's spec.
+	Spec heraldv1.WebhookEndpointSpec
+	// Keys are the signing keys valid now (current first is not guaranteed;
+	// expired ones are already removed).
+	Keys []heraldv1.SigningKey
+	// SecretHeaders are header values taken from Secrets (spec.headers with
+	// valueFrom); literal values are in Spec.Headers.
+	SecretHeaders map[string]string
+	// CABundle, ClientCert and ClientKey are PEM; nil when not configured.
+	CABundle   []byte
+	ClientCert []byte
+	ClientKey  []byte
+	// Gone is true when the receiver answered 410 Gone for this generation.
+	Gone bool
+}
+
+// Key returns "namespace/name".
+func (e *Endpoint) Key() string { return e.Namespace + "/" + e.Name }
+
+// Subscription is a Ready, unsuspended Subscription.
+type Subscription struct {
+	Namespace  string
+	Name       string
+	Generation int64
+	// Endpoint is the name of the WebhookEndpoint in Namespace.
+	Endpoint string
+	Types    []string
+	Sources  []string
+	// Filter is nil when spec.filter is empty.
+	Filter *filter.Filter
+}
