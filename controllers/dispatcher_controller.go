@@ -100,7 +100,9 @@ func (r *DispatcherReconciler) Reconcile(ctx context.Context, _ ctrl.Request) (c
 		if err := applyObject(ctx, r.Client, obj); err != nil {
 			if isNamespaceNotFound(err, r.Config.Namespace) {
 				// Nothing namespaced can be created; stop here with an error
-				// that says what to do.
+				// that says what to do. It is retried with backoff. (Read
+				// from the apply error rather than a Namespace Get, which
+				// would need a cluster-wide Namespace informer.)
 				return ctrl.Result{}, fmt.Errorf("namespace %q of the dispatcher does not exist: create it, "+
 					"or point --dispatcher-namespace at an existing one (the manager does not create namespaces)",
 					r.Config.Namespace)

@@ -106,7 +106,8 @@ func TestDispatcherPodSecurityRestricted(t *testing.T) {
 			if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
 				t.Errorf("allowPrivilegeEscalation: want false, got %v", sc.AllowPrivilegeEscalation)
 			}
-			if caps := sc.Capabilities; caps == nil || !slices.Equal(caps.Drop, []corev1.Capability{"ALL"}) || len(caps.Add) != 0 {
+			caps := sc.Capabilities
+			if caps == nil || !slices.Equal(caps.Drop, []corev1.Capability{"ALL"}) || len(caps.Add) != 0 {
 				t.Errorf("capabilities: want drop [ALL] and no add, got %+v", sc.Capabilities)
 			}
 			if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
@@ -702,7 +703,7 @@ func TestDispatcherReconcileMissingNamespace(t *testing.T) {
 	r := &DispatcherReconciler{Client: c, Config: cfg}
 
 	_, err := r.Reconcile(context.Background(), ctrl.Request{})
-	if err == nil || !strings.Contains(err.Error(), `namespace "herald-system"`) || !strings.Contains(err.Error(), "does not exist") {
+	if err == nil || !strings.Contains(err.Error(), `namespace "herald-system" of the dispatcher does not exist`) {
 		t.Errorf("want an error saying the namespace does not exist, got %v", err)
 	}
 }
@@ -745,7 +746,9 @@ func TestDispatcherEnvtestLabelRemovalRepaired(t *testing.T) {
 	eventually("the dispatcher ClusterRole exists", func() error { return k8sClient.Get(ctx, key, &role) })
 
 	delete(role.Labels, heraldv1alpha1.NameLabel)
-	role.Rules = append(role.Rules, rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get"}})
+	role.Rules = append(role.Rules, rbacv1.PolicyRule{
+		APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get"},
+	})
 	if err := k8sClient.Update(ctx, &role, client.FieldOwner("kubectl-edit")); err != nil {
 		t.Fatal(err)
 	}

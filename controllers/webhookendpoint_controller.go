@@ -84,7 +84,6 @@ func (r *WebhookEndpointReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		}
 		// A user error is not retried: a change of the spec or of a watched
 		// Secret triggers the next reconcile.
-		err = nil
 		requeueAfter = 0
 	case err != nil:
 		// Transient: keep Ready as it was and let the workqueue retry.

@@ -104,7 +104,3 @@ type SubscriptionList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []Subscription `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&Subscription{}, &SubscriptionList{})
-}
