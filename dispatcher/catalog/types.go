@@ -30,6 +30,10 @@ type Endpoint struct {
 	ClientKey  []byte
 	// Gone is true when the receiver answered 410 Gone for this generation.
 	Gone bool
+
+	// allKeys includes expired keys not yet pruned by the manager; the
+	// catalog rebuilds the snapshot when the next one expires.
+	allKeys []heraldv1.SigningKey
 }
 
 // Key returns "namespace/name".

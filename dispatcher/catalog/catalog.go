@@ -1,0 +1,322 @@
+package catalog
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/herald-dev/herald/api/filter"
+	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
+)
+
+// CacheOptions restricts the dispatcher's informers: Secrets are
+// label-selected, so the dispatcher never lists, watches or holds a Secret
+// that is not an endpoint's managed Secret.
+func CacheOptions(scheme *runtime.Scheme) cache.Options {
+	return cache.Options{
+		Scheme: scheme,
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.Secret{}: {Label: labels.SelectorFromSet(labels.Set{heraldv1.SecretTypeLabel: heraldv1.SecretTypeEndpoint})},
+		},
+	}
+}
+
+// Catalog holds the Ready endpoints and Subscriptions, rebuilt object by
+// object from informer events. Readers get immutable snapshots.
+type Catalog struct {
+	cache cache.Cache
+	log   logr.Logger
+	now   func() time.Time
+
+	mu        sync.RWMutex
+	endpoints map[string]*Endpoint                // namespace/name
+	subs      map[string]map[string]*Subscription // namespace → name
+	filters   map[string]*filter.Filter           // compiled filters by source text
+	listeners []func()
+	expiry    map[string]*time.Timer // endpoint key → rebuild when a key expires
+}
+
+// New returns a Catalog fed by c, which must have been built with
+// CacheOptions. Register handlers with Start before c is started.
+func New(c cache.Cache, log logr.Logger) *Catalog {
+	return &Catalog{
+		cache:     c,
+		log:       log,
+		now:       time.Now,
+		endpoints: map[string]*Endpoint{},
+		subs:      map[string]map[string]*Subscription{},
+		filters:   map[string]*filter.Filter{},
+		expiry:    map[string]*time.Timer{},
+	}
+}
+
+// OnChange registers f to run (synchronously, keep it short) after any
+// change of the catalog.
+func (c *Catalog) OnChange(f func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.listeners = append(c.listeners, f)
+}
+
+// Endpoint returns the Ready endpoint namespace/name.
+func (c *Catalog) Endpoint(namespace, name string) (*Endpoint, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	e, ok := c.endpoints[namespace+"/"+name]
+	return e, ok
+}
+
+// Endpoints returns every Ready endpoint, sorted by key.
+func (c *Catalog) Endpoints() []*Endpoint {
+	c.mu.RLock()
+	out := make([]*Endpoint, 0, len(c.endpoints))
+	for _, e := range c.endpoints {
+		out = append(out, e)
+	}
+	c.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
+	return out
+}
+
+// Subscriptions returns the Ready, unsuspended Subscriptions of a
+// namespace whose endpoint is in the catalog.
+func (c *Catalog) Subscriptions(namespace string) []*Subscription {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var out []*Subscription
+	for _, s := range c.subs[namespace] {
+		if _, ok := c.endpoints[namespace+"/"+s.Endpoint]; ok {
+			out = append(out, s)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Start registers the informer handlers. Call it before the cache starts;
+// the cache's WaitForCacheSync then tells when the catalog is complete.
+func (c *Catalog) Start(ctx context.Context) error {
+	handlers := []struct {
+		obj     client.Object
+		rebuild func(ctx context.Context, obj any)
+	}{
+		{&heraldv1.WebhookEndpoint{}, func(ctx context.Context, obj any) {
+			if o, ok := objectOf(obj); ok {
+				c.rebuildEndpoint(ctx, o.GetNamespace(), o.GetName())
+			}
+		}},
+		{&corev1.Secret{}, func(ctx context.Context, obj any) {
+			if o, ok := objectOf(obj); ok {
+				if ep := o.GetAnnotations()[heraldv1.EndpointNameAnnotation]; ep != "" {
+					c.rebuildEndpoint(ctx, o.GetNamespace(), ep)
+				}
+			}
+		}},
+		{&heraldv1.Subscription{}, func(ctx context.Context, obj any) {
+			if o, ok := objectOf(obj); ok {
+				c.rebuildSubscription(ctx, o.GetNamespace(), o.GetName())
+			}
+		}},
+	}
+	for _, h := range handlers {
+		inf, err := c.cache.GetInformer(ctx, h.obj)
+		if err != nil {
+			return fmt.Errorf("informer for %T: %w", h.obj, err)
+		}
+		rebuild := h.rebuild
+		if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+			AddFunc:    func(obj any) { rebuild(ctx, obj) },
+			UpdateFunc: func(_, obj any) { rebuild(ctx, obj) },
+			DeleteFunc: func(obj any) { rebuild(ctx, obj) },
+		}); err != nil {
+			return fmt.Errorf("register handler for %T: %w", h.obj, err)
+		}
+	}
+	return nil
+}
+
+func objectOf(obj any) (metav1.Object, bool) {
+	if d, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	o, err := meta.Accessor(obj)
+	return o, err == nil
+}
+
+// readyForGeneration is the dispatcher's gate: only objects the manager
+// validated for their current spec are acted on.
+func readyForGeneration(conds []metav1.Condition, generation int64) bool {
+	c := meta.FindStatusCondition(conds, heraldv1.ReadyCondition)
+	return c != nil && c.Status == metav1.ConditionTrue && c.ObservedGeneration == generation
+}
+
+func (c *Catalog) rebuildEndpoint(ctx context.Context, namespace, name string) {
+	key := namespace + "/" + name
+	ep := &heraldv1.WebhookEndpoint{}
+	var next *Endpoint
+	err := c.cache.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, ep)
+	switch {
+	case err != nil && client.IgnoreNotFound(err) != nil:
+		c.log.Error(err, "Read WebhookEndpoint from cache", "endpoint", key)
+		return
+	case err == nil && readyForGeneration(ep.Status.Conditions, ep.Generation):
+		next = c.endpointFrom(ctx, ep)
+	}
+
+	c.mu.Lock()
+	if t := c.expiry[key]; t != nil {
+		t.Stop()
+		delete(c.expiry, key)
+	}
+	if next == nil {
+		delete(c.endpoints, key)
+	} else {
+		c.endpoints[key] = next
+		if at := nextExpiry(next.allKeys, c.now()); !at.IsZero() {
+			c.expiry[key] = time.AfterFunc(time.Until(at)+10*time.Millisecond, func() { c.rebuildEndpoint(ctx, namespace, name) })
+		}
+	}
+	listeners := append([]func(){}, c.listeners...)
+	c.mu.Unlock()
+	for _, f := range listeners {
+		f()
+	}
+}
+
+// endpointFrom builds the snapshot of a Ready endpoint. A missing or
+// unreadable managed Secret leaves Keys empty: delivery pauses (events stay
+// queued) and health reports SigningKeyMissing.
+func (c *Catalog) endpointFrom(ctx context.Context, ep *heraldv1.WebhookEndpoint) *Endpoint {
+	out := &Endpoint{
+		Namespace:  ep.Namespace,
+		Name:       ep.Name,
+		Generation: ep.Generation,
+		Spec:       *ep.Spec.DeepCopy(),
+		Gone:       ep.Status.Delivery != nil && ep.Status.Delivery.GoneGeneration == ep.Generation,
+	}
+	if ep.Status.SigningSecretRef == nil {
+		return out
+	}
+	secret := &corev1.Secret{}
+	if err := c.cache.Get(ctx, client.ObjectKey{Namespace: ep.Namespace, Name: ep.Status.SigningSecretRef.Name}, secret); err != nil {
+		if client.IgnoreNotFound(err) != nil {
+			c.log.Error(err, "Read managed Secret from cache", "endpoint", out.Key())
+		}
+		return out
+	}
+	if !metav1.IsControlledBy(secret, ep) {
+		// Only the Secret the manager wrote for this endpoint is trusted.
+		return out
+	}
+	var keys []heraldv1.SigningKey
+	if err := json.Unmarshal(secret.Data[heraldv1.SigningKeysKey], &keys); err != nil {
+		c.log.Info("Managed Secret has unreadable signing keys; deliveries pause until the manager rewrites it", "endpoint", out.Key())
+		return out
+	}
+	out.allKeys = keys
+	now := c.now()
+	for _, k := range keys {
+		if k.NotAfter == nil || k.NotAfter.After(now) {
+			out.Keys = append(out.Keys, k)
+		}
+	}
+	if raw := secret.Data[heraldv1.HeadersKey]; len(raw) > 0 {
+		if err := json.Unmarshal(raw, &out.SecretHeaders); err != nil {
+			c.log.Info("Managed Secret has unreadable headers; deliveries pause until the manager rewrites it", "endpoint", out.Key())
+			out.Keys = nil
+			return out
+		}
+	}
+	out.CABundle = secret.Data[heraldv1.CABundleKey]
+	out.ClientCert = secret.Data[heraldv1.ClientCertKey]
+	out.ClientKey = secret.Data[heraldv1.ClientKeyKey]
+	return out
+}
+
+func nextExpiry(keys []heraldv1.SigningKey, now time.Time) time.Time {
+	var at time.Time
+	for _, k := range keys {
+		if k.NotAfter != nil && k.NotAfter.After(now) && (at.IsZero() || k.NotAfter.Before(at)) {
+			at = *k.NotAfter
+		}
+	}
+	return at
+}
+
+func (c *Catalog) rebuildSubscription(ctx context.Context, namespace, name string) {
+	sub := &heraldv1.Subscription{}
+	var next *Subscription
+	err := c.cache.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, sub)
+	switch {
+	case err != nil && client.IgnoreNotFound(err) != nil:
+		c.log.Error(err, "Read Subscription from cache", "subscription", namespace+"/"+name)
+		return
+	case err == nil && !sub.Spec.Suspend && readyForGeneration(sub.Status.Conditions, sub.Generation):
+		next = &Subscription{
+			Namespace:  namespace,
+			Name:       name,
+			Generation: sub.Generation,
+			Endpoint:   sub.Spec.EndpointRef.Name,
+			Types:      append([]string(nil), sub.Spec.Types...),
+			Sources:    append([]string(nil), sub.Spec.Sources...),
+		}
+		if sub.Spec.Filter != "" {
+			f, err := c.compiled(sub.Spec.Filter)
+			if err != nil {
+				// The manager said Ready, so this means the two disagree on
+				// the CEL environment: match nothing rather than everything.
+				c.log.Error(err, "Filter of a Ready Subscription does not compile", "subscription", namespace+"/"+name)
+				next = nil
+			} else {
+				next.Filter = f
+			}
+		}
+	}
+
+	c.mu.Lock()
+	if next == nil {
+		delete(c.subs[namespace], name)
+	} else {
+		if c.subs[namespace] == nil {
+			c.subs[namespace] = map[string]*Subscription{}
+		}
+		c.subs[namespace][name] = next
+	}
+	listeners := append([]func(){}, c.listeners...)
+	c.mu.Unlock()
+	for _, f := range listeners {
+		f()
+	}
+}
+
+// compiled returns the compiled filter for expr, compiling each distinct
+// expression once (10,000 Subscriptions often share a few filters).
+func (c *Catalog) compiled(expr string) (*filter.Filter, error) {
+	c.mu.RLock()
+	f := c.filters[expr]
+	c.mu.RUnlock()
+	if f != nil {
+		return f, nil
+	}
+	f, err := filter.Compile(expr)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.filters[expr] = f
+	c.mu.Unlock()
+	return f, nil
+}

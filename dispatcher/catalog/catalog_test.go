@@ -1,0 +1,199 @@
+package catalog
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
+)
+
+var (
+	k8sClient client.Client
+	testCache cache.Cache
+	cat       *Catalog
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		fmt.Fprintln(os.Stderr, "KUBEBUILDER_ASSETS is not set: run `make test`, which builds etcd and kube-apiserver into bin/k8s")
+		return 1
+	}
+	scheme := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(heraldv1.AddToScheme(scheme))
+	env := &envtest.Environment{CRDDirectoryPaths: []string{filepath.Join("..", "..", "config", "crd", "bases")}, ErrorIfCRDPathMissing: true}
+	cfg, err := env.Start()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "start envtest: %v\n", err)
+		return 1
+	}
+	defer func() { _ = env.Stop() }()
+	k8sClient, err = client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "client: %v\n", err)
+		return 1
+	}
+	testCache, err = cache.New(cfg, CacheOptions(scheme))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cache: %v\n", err)
+		return 1
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cat = New(testCache, logr.Discard())
+	if err := cat.Start(ctx); err != nil {
+		fmt.Fprintf(os.Stderr, "catalog: %v\n", err)
+		return 1
+	}
+	go func() { _ = testCache.Start(ctx) }()
+	if !testCache.WaitForCacheSync(ctx) {
+		fmt.Fprintln(os.Stderr, "cache did not sync")
+		return 1
+	}
+	return m.Run()
+}
+
+// markReady writes the Ready condition the manager would write.
+func markReady(t *testing.T, obj client.Object, kind string, extra map[string]any) {
+	t.Helper()
+	status := map[string]any{
+		"observedGeneration": obj.GetGeneration(),
+		"conditions": []any{map[string]any{
+			"type": "Ready", "status": "True", "reason": "Reconciled", "message": "ok",
+			"observedGeneration": obj.GetGeneration(), "lastTransitionTime": time.Now().UTC().Format(time.RFC3339),
+		}},
+	}
+	for k, v := range extra {
+		status[k] = v
+	}
+	u := &unstructured.Unstructured{Object: map[string]any{"status": status}}
+	u.SetGroupVersionKind(heraldv1.GroupVersion.WithKind(kind))
+	u.SetName(obj.GetName())
+	u.SetNamespace(obj.GetNamespace())
+	if err := k8sClient.Status().Apply(context.Background(), client.ApplyConfigurationFromUnstructured(u), client.FieldOwner("herald-manager"), client.ForceOwnership); err != nil {
+		t.Fatalf("mark %s Ready: %v", kind, err)
+	}
+}
+
+func managedSecretFor(ep *heraldv1.WebhookEndpoint, keys []heraldv1.SigningKey, headers map[string]string) *corev1.Secret {
+	raw, _ := json.Marshal(keys)
+	data := map[string][]byte{heraldv1.SigningKeysKey: raw}
+	if headers != nil {
+		h, _ := json.Marshal(headers)
+		data[heraldv1.HeadersKey] = h
+	}
+	return &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace:   ep.Namespace,
+			Name:        ep.Name + "-herald",
+			Labels:      map[string]string{heraldv1.SecretTypeLabel: heraldv1.SecretTypeEndpoint},
+			Annotations: map[string]string{heraldv1.EndpointNameAnnotation: ep.Name},
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: heraldv1.GroupVersion.String(), Kind: "WebhookEndpoint", Name: ep.Name, UID: ep.UID, Controller: ptr.To(true),
+			}},
+		},
+		Data: data,
+	}
+}
+
+func TestCatalogFollowsReadiness(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := "catalog-a"
+	g.Expect(k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(Succeed())
+
+	ep := &heraldv1.WebhookEndpoint{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "orders"},
+		Spec: heraldv1.WebhookEndpointSpec{URL: "https://example.com/hooks"}}
+	g.Expect(k8sClient.Create(ctx, ep)).To(Succeed())
+	sub := &heraldv1.Subscription{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "all"},
+		Spec: heraldv1.SubscriptionSpec{EndpointRef: heraldv1.LocalObjectReference{Name: "orders"}, Types: []string{"*"}, Filter: `data.total > 1`}}
+	g.Expect(k8sClient.Create(ctx, sub)).To(Succeed())
+
+	// Not Ready yet: the dispatcher ignores both.
+	g.Consistently(func() int { return len(cat.Subscriptions(ns)) + len(cat.Endpoints()) }, time.Second, 100*time.Millisecond).Should(BeZero())
+
+	// A Secret without the label is never seen, even one named right.
+	expired := time.Now().Add(-time.Minute)
+	later := time.Now().Add(2 * time.Second)
+	secret := managedSecretFor(ep, []heraldv1.SigningKey{
+		{Secret: "whsec_old", NotAfter: &expired},
+		{Secret: "whsec_previous", NotAfter: &later},
+		{Secret: "whsec_current"},
+	}, map[string]string{"Authorization": "Bearer t"})
+	g.Expect(k8sClient.Create(ctx, secret)).To(Succeed())
+	unlabelled := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "user-secret"}, StringData: map[string]string{"k": "v"}}
+	g.Expect(k8sClient.Create(ctx, unlabelled)).To(Succeed())
+
+	markReady(t, ep, "WebhookEndpoint", map[string]any{"signingSecretRef": map[string]any{"name": secret.Name}})
+	markReady(t, sub, "Subscription", nil)
+
+	g.Eventually(func(g Gomega) {
+		e, ok := cat.Endpoint(ns, "orders")
+		g.Expect(ok).To(BeTrue())
+		g.Expect(e.Keys).To(HaveLen(2), "expired keys are dropped")
+		g.Expect(e.SecretHeaders).To(HaveKeyWithValue("Authorization", "Bearer t"))
+		subs := cat.Subscriptions(ns)
+		g.Expect(subs).To(HaveLen(1))
+		g.Expect(subs[0].Filter).NotTo(BeNil())
+	}, 10*time.Second, 50*time.Millisecond).Should(Succeed())
+
+	// The catalog drops a key when it expires, without any API change.
+	g.Eventually(func(g Gomega) {
+		e, ok := cat.Endpoint(ns, "orders")
+		g.Expect(ok).To(BeTrue())
+		g.Expect(e.Keys).To(HaveLen(1))
+		g.Expect(e.Keys[0].Secret).To(Equal("whsec_current"))
+	}, 10*time.Second, 50*time.Millisecond).Should(Succeed())
+
+	// Only the managed Secret's label selection is cached.
+	g.Expect(testCache.Get(ctx, client.ObjectKeyFromObject(unlabelled), &corev1.Secret{})).NotTo(Succeed())
+
+	// Deleting the managed Secret pauses delivery: the endpoint stays, with
+	// no keys to sign with.
+	g.Expect(k8sClient.Delete(ctx, secret)).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		e, ok := cat.Endpoint(ns, "orders")
+		g.Expect(ok).To(BeTrue())
+		g.Expect(e.Keys).To(BeEmpty())
+	}, 10*time.Second, 50*time.Millisecond).Should(Succeed())
+
+	// A new generation is not acted on until the manager says Ready for it.
+	cur := &heraldv1.WebhookEndpoint{}
+	g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(ep), cur)).To(Succeed())
+	cur.Spec.URL = "https://example.com/v2"
+	g.Expect(k8sClient.Update(ctx, cur)).To(Succeed())
+	g.Eventually(func() bool { _, ok := cat.Endpoint(ns, "orders"); return ok }, 10*time.Second, 50*time.Millisecond).Should(BeFalse())
+	g.Expect(cat.Subscriptions(ns)).To(BeEmpty(), "subscriptions of an endpoint that is not Ready match nothing")
+
+	// Suspended subscriptions match nothing.
+	markReady(t, cur, "WebhookEndpoint", nil)
+	g.Eventually(func() int { return len(cat.Subscriptions(ns)) }, 10*time.Second, 50*time.Millisecond).Should(Equal(1))
+	s := &heraldv1.Subscription{}
+	g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(sub), s)).To(Succeed())
+	s.Spec.Suspend = true
+	g.Expect(k8sClient.Update(ctx, s)).To(Succeed())
+	markReady(t, s, "Subscription", nil)
+	g.Eventually(func() int { return len(cat.Subscriptions(ns)) }, 10*time.Second, 50*time.Millisecond).Should(BeZero())
+}
