@@ -45,6 +45,11 @@ type Catalog struct {
 	endpoints map[string]*Endpoint                // namespace/name
 	subs      map[string]map[string]*Subscription // namespace → name
 	filters   map[string]*filter.Filter           // compiled filters by source text
+	// ready is, per namespace, the immutable sorted snapshot Subscriptions
+	// returns: Ready subscriptions whose endpoint is Ready. revision changes
+	// whenever any snapshot does.
+	ready     map[string][]*Subscription
+	revision  uint64
 	listeners []func()
 	expiry    map[string]*time.Timer // endpoint key → rebuild when a key expires
 }
@@ -59,6 +64,7 @@ func New(c cache.Cache, log logr.Logger) *Catalog {
 		endpoints: map[string]*Endpoint{},
 		subs:      map[string]map[string]*Subscription{},
 		filters:   map[string]*filter.Filter{},
+		ready:     map[string][]*Subscription{},
 		expiry:    map[string]*time.Timer{},
 	}
 }
@@ -92,10 +98,17 @@ func (c *Catalog) Endpoints() []*Endpoint {
 }
 
 // Subscriptions returns the Ready, unsuspended Subscriptions of a
-// namespace whose endpoint is in the catalog.
-func (c *Catalog) Subscriptions(namespace string) []*Subscription {
+// namespace whose endpoint is in the catalog, sorted by name, and the
+// catalog's revision, which changes whenever any such list changes. The
+// slice is an immutable snapshot: callers must not modify it.
+func (c *Catalog) Subscriptions(namespace string) ([]*Subscription, uint64) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
+	return c.ready[namespace], c.revision
+}
+
+// refreshLocked rebuilds the snapshot of a namespace; c.mu must be held.
+func (c *Catalog) refreshLocked(namespace string) {
 	var out []*Subscription
 	for _, s := range c.subs[namespace] {
 		if _, ok := c.endpoints[namespace+"/"+s.Endpoint]; ok {
@@ -103,7 +116,12 @@ func (c *Catalog) Subscriptions(namespace string) []*Subscription {
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
+	if len(out) == 0 {
+		delete(c.ready, namespace)
+	} else {
+		c.ready[namespace] = out
+	}
+	c.revision++
 }
 
 // Start registers the informer handlers. Call it before the cache starts;
@@ -189,6 +207,7 @@ func (c *Catalog) rebuildEndpoint(ctx context.Context, namespace, name string) {
 			c.expiry[key] = time.AfterFunc(time.Until(at)+10*time.Millisecond, func() { c.rebuildEndpoint(ctx, namespace, name) })
 		}
 	}
+	c.refreshLocked(namespace)
 	listeners := append([]func(){}, c.listeners...)
 	c.mu.Unlock()
 	for _, f := range listeners {
@@ -295,6 +314,7 @@ func (c *Catalog) rebuildSubscription(ctx context.Context, namespace, name strin
 		}
 		c.subs[namespace][name] = next
 	}
+	c.refreshLocked(namespace)
 	listeners := append([]func(){}, c.listeners...)
 	c.mu.Unlock()
 	for _, f := range listeners {

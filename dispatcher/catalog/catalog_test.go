@@ -132,7 +132,7 @@ func TestCatalogFollowsReadiness(t *testing.T) {
 	g.Expect(k8sClient.Create(ctx, sub)).To(Succeed())
 
 	// Not Ready yet: the dispatcher ignores both.
-	g.Consistently(func() int { return len(cat.Subscriptions(ns)) + len(cat.Endpoints()) }, time.Second, 100*time.Millisecond).Should(BeZero())
+	g.Consistently(func() int { return len(subsOf(ns)) + len(cat.Endpoints()) }, time.Second, 100*time.Millisecond).Should(BeZero())
 
 	// A Secret without the label is never seen, even one named right.
 	expired := time.Now().Add(-time.Minute)
@@ -154,7 +154,7 @@ func TestCatalogFollowsReadiness(t *testing.T) {
 		g.Expect(ok).To(BeTrue())
 		g.Expect(e.Keys).To(HaveLen(2), "expired keys are dropped")
 		g.Expect(e.SecretHeaders).To(HaveKeyWithValue("Authorization", "Bearer t"))
-		subs := cat.Subscriptions(ns)
+		subs := subsOf(ns)
 		g.Expect(subs).To(HaveLen(1))
 		g.Expect(subs[0].Filter).NotTo(BeNil())
 	}, 10*time.Second, 50*time.Millisecond).Should(Succeed())
@@ -185,15 +185,20 @@ func TestCatalogFollowsReadiness(t *testing.T) {
 	cur.Spec.URL = "https://example.com/v2"
 	g.Expect(k8sClient.Update(ctx, cur)).To(Succeed())
 	g.Eventually(func() bool { _, ok := cat.Endpoint(ns, "orders"); return ok }, 10*time.Second, 50*time.Millisecond).Should(BeFalse())
-	g.Expect(cat.Subscriptions(ns)).To(BeEmpty(), "subscriptions of an endpoint that is not Ready match nothing")
+	g.Expect(subsOf(ns)).To(BeEmpty(), "subscriptions of an endpoint that is not Ready match nothing")
 
 	// Suspended subscriptions match nothing.
 	markReady(t, cur, "WebhookEndpoint", nil)
-	g.Eventually(func() int { return len(cat.Subscriptions(ns)) }, 10*time.Second, 50*time.Millisecond).Should(Equal(1))
+	g.Eventually(func() int { return len(subsOf(ns)) }, 10*time.Second, 50*time.Millisecond).Should(Equal(1))
 	s := &heraldv1.Subscription{}
 	g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(sub), s)).To(Succeed())
 	s.Spec.Suspend = true
 	g.Expect(k8sClient.Update(ctx, s)).To(Succeed())
 	markReady(t, s, "Subscription", nil)
-	g.Eventually(func() int { return len(cat.Subscriptions(ns)) }, 10*time.Second, 50*time.Millisecond).Should(BeZero())
+	g.Eventually(func() int { return len(subsOf(ns)) }, 10*time.Second, 50*time.Millisecond).Should(BeZero())
+}
+
+func subsOf(ns string) []*Subscription {
+	s, _ := cat.Subscriptions(ns)
+	return s
 }
