@@ -96,3 +96,9 @@ $(GOLANGCI_LINT):
 	@mkdir -p $(LOCALBIN)
 	GOBIN=$(LOCALBIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	@mv $(LOCALBIN)/golangci-lint $@
+
+##@ Demo
+
+.PHONY: demo
+demo: envtest ## Run Herald end to end on a local control plane (DEMO_KEEP=1 keeps it running).
+	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go run ./hack/demo

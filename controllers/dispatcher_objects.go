@@ -512,6 +512,13 @@ func DispatcherClusterRole(_ DispatcherConfig) *rbacv1.ClusterRole {
 				Resources: []string{"events"},
 				Verbs:     []string{"create", "patch"},
 			},
+			// Ingest answers 404 for events published to a namespace that
+			// does not exist (a cached GET per namespace).
+			{
+				APIGroups: []string{""},
+				Resources: []string{"namespaces"},
+				Verbs:     []string{"get"},
+			},
 			// Ingest and the metrics endpoint authenticate bearer tokens.
 			{
 				APIGroups: []string{"authentication.k8s.io"},

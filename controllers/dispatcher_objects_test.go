@@ -488,6 +488,7 @@ func TestDispatcherClusterRole(t *testing.T) {
 	}{
 		// Read-only: never create, update or delete Secrets.
 		{"", "secrets", []string{"get", "list", "watch"}},
+		{"", "namespaces", []string{"get"}},
 		{"herald.dev", "webhookendpoints", []string{"get", "list", "watch"}},
 		{"herald.dev", "subscriptions", []string{"get", "list", "watch"}},
 		{"herald.dev", "webhookendpoints/status", []string{"get", "patch"}},

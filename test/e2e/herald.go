@@ -1,0 +1,216 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// Herald is a local Herald: control plane, manager and dispatcher.
+type Herald struct {
+	*Env
+	Bins       Binaries
+	Manager    *Process
+	Dispatcher *Process
+	// IngestURL is the dispatcher's ingest base URL.
+	IngestURL string
+
+	dispatcherArgs []string
+	healthURL      string
+}
+
+// Options tune a local Herald.
+type Options struct {
+	// Dir holds the kubeconfig, the JetStream store, binaries and logs.
+	Dir string
+	// Progress, when set, is told what is happening.
+	Progress func(format string, args ...any)
+	// StatusInterval is the dispatcher's status write interval.
+	StatusInterval time.Duration
+}
+
+// Start brings up the control plane, then the manager and the dispatcher
+// (embedded JetStream, SSRF allowlist for loopback only) as processes.
+func Start(ctx context.Context, o Options) (*Herald, error) {
+	say := o.Progress
+	if say == nil {
+		say = func(string, ...any) {}
+	}
+	if o.StatusInterval == 0 {
+		o.StatusInterval = time.Second
+	}
+	say("starting a local control plane (etcd + kube-apiserver from bin/k8s)")
+	env, err := StartControlPlane(ctx, o.Dir)
+	if err != nil {
+		return nil, err
+	}
+	h := &Herald{Env: env}
+	ok := false
+	defer func() {
+		if !ok {
+			h.Stop()
+		}
+	}()
+
+	say("building the manager and the dispatcher")
+	if h.Bins, err = Build(ctx, env.Root, filepath.Join(o.Dir, "bin")); err != nil {
+		return nil, err
+	}
+
+	say("starting the manager")
+	managerHealth, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	h.Manager, err = env.StartProcess("manager", h.Bins.Manager,
+		"--manage-dispatcher=false", "--metrics-bind-address=0",
+		"--health-probe-bind-address=127.0.0.1:"+strconv.Itoa(managerHealth))
+	if err != nil {
+		return nil, err
+	}
+	if err := waitReady(ctx, fmt.Sprintf("http://127.0.0.1:%d/readyz", managerHealth), h.Manager); err != nil {
+		return nil, err
+	}
+
+	say("starting the dispatcher (embedded JetStream in %s)", filepath.Join(o.Dir, "jetstream"))
+	ingestPort, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	healthPort, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	h.IngestURL = fmt.Sprintf("http://127.0.0.1:%d", ingestPort)
+	h.healthURL = fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort)
+	h.dispatcherArgs = []string{
+		"--store-dir=" + filepath.Join(o.Dir, "jetstream"),
+		"--ingest-addr=127.0.0.1:" + strconv.Itoa(ingestPort),
+		"--health-addr=127.0.0.1:" + strconv.Itoa(healthPort),
+		"--metrics-addr=0",
+		"--allowed-cidrs=127.0.0.0/8,::1/128",
+		"--status-interval=" + o.StatusInterval.String(),
+		"--drain-timeout=10s",
+		"--pod-name=dispatcher-0",
+	}
+	if err := h.StartDispatcher(ctx); err != nil {
+		return nil, err
+	}
+	ok = true
+	return h, nil
+}
+
+// StartDispatcher (re)starts the dispatcher process on the same store and
+// waits until it is ready.
+func (h *Herald) StartDispatcher(ctx context.Context) error {
+	p, err := h.StartProcess("dispatcher", h.Bins.Dispatcher, h.dispatcherArgs...)
+	if err != nil {
+		return err
+	}
+	h.Dispatcher = p
+	return waitReady(ctx, h.healthURL, p)
+}
+
+func waitReady(ctx context.Context, url string, p *Process) error {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	return WaitHTTP(ctx, url, p)
+}
+
+// Stop stops the dispatcher, the manager and the control plane.
+func (h *Herald) Stop() {
+	for _, p := range []*Process{h.Dispatcher, h.Manager} {
+		if p != nil {
+			_ = p.Stop(20 * time.Second)
+		}
+	}
+	h.Env.Stop()
+}
+
+// SigningSecret returns the current signing secret of an endpoint from its
+// managed Secret, as a receiver's operator would copy it.
+func (h *Herald) SigningSecret(ctx context.Context, namespace, endpoint string) (string, error) {
+	s := &corev1.Secret{}
+	if err := h.Client.Get(ctx, client.ObjectKey{Namespace: namespace, Name: endpoint + "-herald"}, s); err != nil {
+		return "", err
+	}
+	return string(s.Data["secret"]), nil
+}
+
+// Event is a CloudEvent to publish in structured mode.
+type Event struct {
+	ID              string `json:"id"`
+	Source          string `json:"source"`
+	Type            string `json:"type"`
+	SpecVersion     string `json:"specversion"`
+	Subject         string `json:"subject,omitempty"`
+	DataContentType string `json:"datacontenttype,omitempty"`
+	Data            any    `json:"data,omitempty"`
+}
+
+// Publish posts a batch of events to the namespace with token and returns
+// the HTTP status and body.
+func (h *Herald) Publish(ctx context.Context, namespace, token string, events []Event) (int, string, error) {
+	for i := range events {
+		if events[i].SpecVersion == "" {
+			events[i].SpecVersion = "1.0"
+		}
+		if events[i].Data != nil && events[i].DataContentType == "" {
+			events[i].DataContentType = "application/json"
+		}
+	}
+	body, err := json.Marshal(events)
+	if err != nil {
+		return 0, "", err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.IngestURL+"/v1/namespaces/"+namespace+"/events", bytes.NewReader(body))
+	if err != nil {
+		return 0, "", err
+	}
+	req.Header.Set("Content-Type", "application/cloudevents-batch+json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, strings.TrimSpace(string(b)), nil
+}
+
+// SamplesWithReceiver renders config/samples with the healthy sample
+// endpoint pointed at receiverURL instead of the fixed demo port.
+func (h *Herald) SamplesWithReceiver(ctx context.Context, receiverURL string) (string, error) {
+	out, err := h.Kubectl(ctx, "kustomize", filepath.Join(h.Root, "config", "samples"))
+	if err != nil {
+		return "", err
+	}
+	return strings.ReplaceAll(out, "http://127.0.0.1:9090/webhooks", receiverURL), nil
+}
+
+// ApplyYAML applies manifests in a namespace with kubectl.
+func (h *Herald) ApplyYAML(ctx context.Context, namespace, manifests string) (string, error) {
+	f, err := os.CreateTemp(h.Dir, "apply-*.yaml")
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = os.Remove(f.Name()) }()
+	if _, err := f.WriteString(manifests); err != nil {
+		return "", err
+	}
+	_ = f.Close()
+	return h.Kubectl(ctx, "apply", "-n", namespace, "-f", f.Name())
+}
