@@ -285,7 +285,8 @@ type SigningStatus struct {
 }
 
 // DeliveryStatus summarises delivery to an endpoint. The dispatcher writes
-// it under its own field manager.
+// it under its own field manager. The counters are always present (0 is an
+// answer), so `kubectl get` shows them.
 type DeliveryStatus struct {
 	// LastAttemptTime is when the last attempt finished.
 	// +optional
@@ -303,16 +304,16 @@ type DeliveryStatus struct {
 	LastFailureReason string `json:"lastFailureReason,omitempty"`
 	// ConsecutiveFailures counts failed attempts since the last success.
 	// +optional
-	ConsecutiveFailures int64 `json:"consecutiveFailures,omitempty"`
+	ConsecutiveFailures int64 `json:"consecutiveFailures"`
 	// Delivered counts successful deliveries.
 	// +optional
-	Delivered int64 `json:"delivered,omitempty"`
+	Delivered int64 `json:"delivered"`
 	// Pending counts deliveries waiting to be sent or retried.
 	// +optional
-	Pending int64 `json:"pending,omitempty"`
+	Pending int64 `json:"pending"`
 	// DeadLettered counts deliveries that exhausted their retries.
 	// +optional
-	DeadLettered int64 `json:"deadLettered,omitempty"`
+	DeadLettered int64 `json:"deadLettered"`
 	// GoneGeneration is the generation for which the receiver answered
 	// 410 Gone; delivery stays stopped while metadata.generation equals it.
 	// +optional

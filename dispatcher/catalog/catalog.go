@@ -51,6 +51,7 @@ type Catalog struct {
 	ready     map[string][]*Subscription
 	revision  uint64
 	listeners []func()
+	synced    []toolscache.ResourceEventHandlerRegistration
 	expiry    map[string]*time.Timer // endpoint key → rebuild when a key expires
 }
 
@@ -155,13 +156,43 @@ func (c *Catalog) Start(ctx context.Context) error {
 			return fmt.Errorf("informer for %T: %w", h.obj, err)
 		}
 		rebuild := h.rebuild
-		if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		reg, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
 			AddFunc:    func(obj any) { rebuild(ctx, obj) },
 			UpdateFunc: func(_, obj any) { rebuild(ctx, obj) },
 			DeleteFunc: func(obj any) { rebuild(ctx, obj) },
-		}); err != nil {
+		})
+		if err != nil {
 			return fmt.Errorf("register handler for %T: %w", h.obj, err)
 		}
+		c.mu.Lock()
+		c.synced = append(c.synced, reg)
+		c.mu.Unlock()
+	}
+	return nil
+}
+
+// HasSynced reports whether the catalog has seen every object that existed
+// when it started. A synced informer cache is not enough: its handlers may
+// still be working through the initial list, and an event routed before
+// they finish would match no Subscription and be dropped.
+func (c *Catalog) HasSynced() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if len(c.synced) == 0 {
+		return false
+	}
+	for _, r := range c.synced {
+		if !r.HasSynced() {
+			return false
+		}
+	}
+	return true
+}
+
+// WaitForSync blocks until HasSynced or ctx ends.
+func (c *Catalog) WaitForSync(ctx context.Context) error {
+	if !toolscache.WaitForCacheSync(ctx.Done(), c.HasSynced) {
+		return fmt.Errorf("catalog did not sync: %w", ctx.Err())
 	}
 	return nil
 }

@@ -72,6 +72,10 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "cache did not sync")
 		return 1
 	}
+	if err := cat.WaitForSync(ctx); err != nil || !cat.HasSynced() {
+		fmt.Fprintf(os.Stderr, "catalog did not sync: %v\n", err)
+		return 1
+	}
 	return m.Run()
 }
 

@@ -432,3 +432,8 @@ func (l serverLogger) Fatalf(format string, v ...any) {
 func (l serverLogger) Errorf(format string, v ...any) { l.log.Error(nil, fmt.Sprintf(format, v...)) }
 func (l serverLogger) Debugf(format string, v ...any) { l.log.V(2).Info(fmt.Sprintf(format, v...)) }
 func (l serverLogger) Tracef(format string, v ...any) { l.log.V(4).Info(fmt.Sprintf(format, v...)) }
+
+// JetStream returns the JetStream context of the queue's connection, for
+// stages that keep their own JetStream state (the health stage's key-value
+// bucket). Close still owns the connection.
+func (q *Queue) JetStream() jetstream.JetStream { return q.js }

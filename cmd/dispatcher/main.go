@@ -1,0 +1,301 @@
+// Command dispatcher runs Herald's data plane: CloudEvents ingest, durable
+// storage in NATS JetStream, fan-out to Subscriptions, signed delivery with
+// retries, and delivery-health reporting.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
+	"github.com/herald-dev/herald/dispatcher/catalog"
+	"github.com/herald-dev/herald/dispatcher/delivery"
+	"github.com/herald-dev/herald/dispatcher/health"
+	"github.com/herald-dev/herald/dispatcher/ingest"
+	"github.com/herald-dev/herald/dispatcher/queue"
+	"github.com/herald-dev/herald/dispatcher/router"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+type options struct {
+	ingestAddr     string
+	metricsAddr    string
+	metricsSecure  bool
+	healthAddr     string
+	storeDir       string
+	natsURL        string
+	streamReplicas int
+	syncAlways     bool
+	audience       string
+	allowedCIDRs   string
+	insecureIngest bool
+	maxBodyBytes   int64
+	drainTimeout   time.Duration
+	statusInterval time.Duration
+	podName        string
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.ingestAddr, "ingest-addr", ":8080", "Address of the CloudEvents ingest endpoint (POST /v1/namespaces/{namespace}/events).")
+	flag.StringVar(&o.metricsAddr, "metrics-addr", ":8443", "Address of the metrics endpoint (\"0\" disables it).")
+	flag.BoolVar(&o.metricsSecure, "metrics-secure", true, "Serve metrics over HTTPS behind Kubernetes authentication and authorization.")
+	flag.StringVar(&o.healthAddr, "health-addr", ":8081", "Address of the /healthz and /readyz probes.")
+	flag.StringVar(&o.storeDir, "store-dir", "", "Directory of the embedded JetStream store (embedded mode; the Deployment mounts its PVC here).")
+	flag.StringVar(&o.natsURL, "nats-url", "", "Comma-separated URLs of an external NATS cluster with JetStream; empty runs JetStream embedded in this process.")
+	flag.IntVar(&o.streamReplicas, "stream-replicas", 3, "Replicas of Herald's streams in external mode.")
+	flag.BoolVar(&o.syncAlways, "sync-always", false, "Embedded mode: fsync every write before acknowledging (survives power loss, about 10x slower). Acknowledged events survive a process crash either way.")
+	flag.StringVar(&o.audience, "audience", heraldv1.DefaultAudience, "Audience ServiceAccount tokens must carry to publish.")
+	flag.StringVar(&o.allowedCIDRs, "allowed-cidrs", "", "Comma-separated CIDRs deliveries may reach although not public (SSRF allowlist), e.g. 127.0.0.0/8 for local development.")
+	flag.BoolVar(&o.insecureIngest, "insecure-ingest", false, "DEVELOPMENT ONLY: accept events without authentication or authorization.")
+	flag.Int64Var(&o.maxBodyBytes, "max-body-bytes", ingest.DefaultMaxBodyBytes, "Largest accepted ingest request body.")
+	flag.DurationVar(&o.drainTimeout, "drain-timeout", 45*time.Second, "How long shutdown waits for in-flight deliveries.")
+	flag.DurationVar(&o.statusInterval, "status-interval", 5*time.Second, "How often delivery health is written to status (at most once per object per interval).")
+	flag.StringVar(&o.podName, "pod-name", os.Getenv("POD_NAME"), "Name of this replica (defaults to $POD_NAME, else the host name).")
+	zapOpts := zap.Options{}
+	zapOpts.BindFlags(flag.CommandLine)
+	flag.Parse()
+
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+	if err := run(ctrl.SetupSignalHandler(), o); err != nil {
+		ctrl.Log.WithName("setup").Error(err, "Dispatcher failed")
+		os.Exit(1)
+	}
+}
+
+func parseCIDRs(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			return nil, fmt.Errorf("--allowed-cidrs: %q is not a CIDR: %w", f, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+func run(ctx context.Context, o options) error {
+	log := ctrl.Log.WithName("dispatcher")
+	allowed, err := parseCIDRs(o.allowedCIDRs)
+	if err != nil {
+		return err
+	}
+	if o.natsURL == "" && o.storeDir == "" {
+		return errors.New("set --store-dir (embedded JetStream) or --nats-url (external NATS)")
+	}
+	if o.podName == "" {
+		o.podName, _ = os.Hostname()
+	}
+
+	scheme := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(heraldv1.AddToScheme(scheme))
+	restCfg, err := ctrl.GetConfig()
+	if err != nil {
+		return fmt.Errorf("kubernetes client configuration: %w", err)
+	}
+	clientset, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes clientset: %w", err)
+	}
+
+	metricsOpts := metricsserver.Options{BindAddress: o.metricsAddr, SecureServing: o.metricsSecure,
+		TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }}}
+	if o.metricsSecure {
+		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
+	gracePeriod := o.drainTimeout + 5*time.Second
+	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
+		Scheme:                  scheme,
+		Cache:                   catalog.CacheOptions(scheme),
+		Metrics:                 metricsOpts,
+		HealthProbeBindAddress:  o.healthAddr,
+		GracefulShutdownTimeout: &gracePeriod,
+	})
+	if err != nil {
+		return fmt.Errorf("create manager: %w", err)
+	}
+
+	qcfg := queue.Config{StoreDir: o.storeDir, NATSURL: o.natsURL, ConnectionName: "herald-dispatcher-" + o.podName}
+	if o.natsURL != "" {
+		qcfg.Replicas = o.streamReplicas
+	}
+	if o.syncAlways {
+		qcfg.Sync = queue.SyncAlways
+	}
+	q, err := queue.Open(ctx, qcfg, log.WithName("queue"))
+	if err != nil {
+		return fmt.Errorf("open queue: %w", err)
+	}
+	// Closed last, after every stage stopped (see the manager's shutdown).
+	defer func() {
+		if err := q.Close(); err != nil {
+			log.Error(err, "Close queue")
+		}
+	}()
+
+	cat := catalog.New(mgr.GetCache(), log.WithName("catalog"))
+	if err := cat.Start(ctx); err != nil {
+		return err
+	}
+
+	bucketReplicas := 1
+	if o.natsURL != "" {
+		bucketReplicas = o.streamReplicas
+	}
+	reporter, err := health.NewReporter(health.Options{
+		BucketReplicas: bucketReplicas,
+		Client:         mgr.GetClient(),
+		Queue:          q,
+		Catalog:        cat,
+		Replica:        o.podName,
+		Interval:       o.statusInterval,
+		Registerer:     metrics.Registry,
+		Log:            log.WithName("health"),
+	})
+	if err != nil {
+		return fmt.Errorf("health reporter: %w", err)
+	}
+
+	deliveries, err := delivery.NewManager(delivery.Options{
+		Queue:        q,
+		Reporter:     reporter,
+		Registerer:   metrics.Registry,
+		Logger:       log.WithName("delivery"),
+		Version:      version,
+		AllowedCIDRs: allowed,
+	})
+	if err != nil {
+		return fmt.Errorf("delivery manager: %w", err)
+	}
+
+	rt, err := router.New(q, cat, log.WithName("router"), router.Options{Reporter: reporter, Registerer: metrics.Registry})
+	if err != nil {
+		return fmt.Errorf("router: %w", err)
+	}
+
+	authOpts := ingest.CacheOptions{}
+	handler, err := ingest.NewHandler(ingest.Options{
+		Queue:         q,
+		Namespaces:    ingest.NewAPINamespaceChecker(clientset, authOpts),
+		Authenticator: ingest.NewTokenReviewAuthenticator(clientset, o.audience, authOpts),
+		Authorizer:    ingest.NewSubjectAccessReviewAuthorizer(clientset, authOpts),
+		Insecure:      o.insecureIngest,
+		MaxBodyBytes:  o.maxBodyBytes,
+		Registerer:    metrics.Registry,
+		Log:           log.WithName("ingest"),
+	})
+	if err != nil {
+		return fmt.Errorf("ingest: %w", err)
+	}
+
+	// Stages run as manager runnables: they start after the caches synced
+	// (so the catalog is complete before the first event is routed) and stop
+	// in reverse order on SIGTERM, within the graceful shutdown timeout.
+	syncDeliveries := func() { deliveries.Sync(cat.Endpoints()) }
+	cat.OnChange(syncDeliveries)
+	// Nothing is routed or delivered before the catalog has seen every
+	// object: an event routed earlier could miss its Subscriptions.
+	afterSync := func(run func(context.Context) error) manager.RunnableFunc {
+		return func(ctx context.Context) error {
+			if err := cat.WaitForSync(ctx); err != nil {
+				return err
+			}
+			return run(ctx)
+		}
+	}
+	runnables := []manager.Runnable{
+		afterSync(func(ctx context.Context) error {
+			syncDeliveries()
+			<-ctx.Done()
+			stopCtx, cancel := context.WithTimeout(context.Background(), o.drainTimeout)
+			defer cancel()
+			return deliveries.Stop(stopCtx)
+		}),
+		afterSync(rt.Run),
+		afterSync(reporter.Run),
+		manager.RunnableFunc(func(ctx context.Context) error { return serveIngest(ctx, o.ingestAddr, handler) }),
+	}
+	for _, r := range runnables {
+		if err := mgr.Add(r); err != nil {
+			return err
+		}
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("catalog", func(*http.Request) error {
+		if !cat.HasSynced() {
+			return errors.New("catalog not synced")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("queue", func(*http.Request) error {
+		if !q.Connected() {
+			return errors.New("not connected to NATS")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+
+	log.Info("Starting dispatcher", "mode", modeOf(o), "ingest", o.ingestAddr, "allowedCIDRs", o.allowedCIDRs, "insecureIngest", o.insecureIngest)
+	return mgr.Start(ctx)
+}
+
+func modeOf(o options) string {
+	if o.natsURL != "" {
+		return "external NATS"
+	}
+	return "embedded JetStream"
+}
+
+// serveIngest serves the ingest handler until ctx ends, then lets requests
+// in progress finish: an event is acknowledged (202) only after JetStream
+// stored it, so a request cut short is retried by its publisher.
+func serveIngest(ctx context.Context, addr string, h http.Handler) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("ingest listen on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
+	errCh := make(chan error, 1)
+	go func() { errCh <- srv.Serve(l) }()
+	select {
+	case err := <-errCh:
+		return fmt.Errorf("ingest server: %w", err)
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	return srv.Shutdown(shutdownCtx)
+}

@@ -1,0 +1,350 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"reflect"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+
+	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
+	"github.com/herald-dev/herald/dispatcher/catalog"
+	"github.com/herald-dev/herald/dispatcher/delivery/ssrf"
+	"github.com/herald-dev/herald/dispatcher/queue"
+)
+
+// finishTimeout bounds acknowledging, retrying or dead-lettering one
+// delivery after its attempt, so that a lost queue connection cannot hold a
+// delivery goroutine for ever; an unacknowledged delivery is redelivered
+// after its AckWait.
+const finishTimeout = 10 * time.Second
+
+// ackWaitMargin is added to an endpoint's attempt timeout to get the
+// AckWait of its consumer: the time from fetch to acknowledgement.
+const ackWaitMargin = 30 * time.Second
+
+// Options configure a Manager.
+type Options struct {
+	// Queue is the JetStream queue deliveries are consumed from. Required.
+	Queue *queue.Queue
+	// Reporter receives every outcome; optional.
+	Reporter Reporter
+	// Registerer registers the delivery metrics; nil leaves them
+	// unregistered.
+	Registerer prometheus.Registerer
+	// Logger logs; it never receives headers, bodies or keys.
+	Logger logr.Logger
+	// Version is the Herald version in the User-Agent ("Herald/<version>").
+	Version string
+	// AllowedCIDRs are address ranges the SSRF guard lets deliveries reach
+	// although they are not public (an operator's opt-in, e.g. an internal
+	// receiver network; 127.0.0.0/8 for local demos and tests).
+	AllowedCIDRs []netip.Prefix
+	// Breaker tunes every endpoint's circuit breaker.
+	Breaker BreakerConfig
+
+	// Lookup and Dial replace the resolver and the connecting dialer under
+	// the SSRF guard (tests).
+	Lookup ssrf.LookupFunc
+	Dial   ssrf.DialFunc
+	// Now is the clock of the webhook-timestamp header; defaults to
+	// time.Now (tests).
+	Now func() time.Time
+	// FetchWait is how long one fetch waits for a delivery; defaults to the
+	// queue's default.
+	FetchWait time.Duration
+}
+
+// Manager runs one delivery loop per active endpoint. Create it with
+// NewManager, call Sync with the catalog's endpoints whenever they change,
+// and Stop on shutdown. Its methods are safe for concurrent use.
+type Manager struct {
+	queue     *queue.Queue
+	reporter  Reporter
+	metrics   *metrics
+	log       logr.Logger
+	userAgent string
+	dialer    *ssrf.Dialer
+	breaker   BreakerConfig
+	now       func() time.Time
+	fetchWait time.Duration
+
+	// loopsCtx parents every worker's fetch loop; attemptsCtx parents every
+	// attempt, and is only cancelled when Stop runs out of time.
+	loopsCtx       context.Context
+	cancelLoops    context.CancelFunc
+	attemptsCtx    context.Context
+	cancelAttempts context.CancelFunc
+	attempts       sync.WaitGroup
+
+	mu       sync.Mutex
+	stopped  bool
+	workers  map[string]*worker
+	retiring map[*worker]struct{}
+	// gone maps endpoint keys to the generation that answered 410 Gone.
+	gone map[string]int64
+	// rejected remembers endpoints whose configuration could not be used,
+	// so the error is logged once per change.
+	rejected map[string]*catalog.Endpoint
+}
+
+// NewManager returns a Manager with no endpoints.
+func NewManager(opts Options) (*Manager, error) {
+	if opts.Queue == nil {
+		return nil, errors.New("delivery manager: a queue is required")
+	}
+	metrics, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	m := &Manager{
+		queue:     opts.Queue,
+		reporter:  opts.Reporter,
+		metrics:   metrics,
+		log:       opts.Logger,
+		userAgent: UserAgent(opts.Version),
+		dialer: ssrf.NewDialer(ssrf.New(opts.AllowedCIDRs), ssrf.DialerOptions{
+			Lookup: opts.Lookup,
+			Dial:   opts.Dial,
+		}),
+		breaker:   opts.Breaker.withDefaults(),
+		now:       opts.Now,
+		fetchWait: opts.FetchWait,
+		workers:   map[string]*worker{},
+		retiring:  map[*worker]struct{}{},
+		gone:      map[string]int64{},
+		rejected:  map[string]*catalog.Endpoint{},
+	}
+	if m.reporter == nil {
+		m.reporter = nopReporter{}
+	}
+	if m.now == nil {
+		m.now = time.Now
+	}
+	m.loopsCtx, m.cancelLoops = context.WithCancel(context.Background())
+	m.attemptsCtx, m.cancelAttempts = context.WithCancel(context.Background())
+	return m, nil
+}
+
+// Sync makes the running delivery loops match endpoints, the complete set
+// of Ready endpoints: it starts loops for new endpoints, applies changed
+// configurations in place, and stops the loops of endpoints that are gone
+// from the set, suspended, or answered 410 Gone for their current
+// generation. A stopped loop fetches nothing more; its attempts in flight
+// finish. Sync does not block on the network.
+func (m *Manager) Sync(endpoints []*catalog.Endpoint) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stopped {
+		return
+	}
+	listed := make(map[string]bool, len(endpoints))
+	desired := make(map[string]*catalog.Endpoint, len(endpoints))
+	for _, ep := range endpoints {
+		if ep == nil {
+			continue
+		}
+		key := ep.Key()
+		listed[key] = true
+		if gen, ok := m.gone[key]; ok {
+			if gen == ep.Generation {
+				continue
+			}
+			delete(m.gone, key) // the spec changed: try again
+		}
+		if ep.Gone || ep.Spec.Suspend {
+			continue
+		}
+		desired[key] = ep
+	}
+
+	for key, w := range m.workers {
+		if _, ok := desired[key]; !ok {
+			m.retireLocked(key, w)
+			if !listed[key] {
+				m.metrics.forget(w.namespace, w.name)
+			}
+		}
+	}
+	for key := range m.gone {
+		if !listed[key] {
+			delete(m.gone, key)
+		}
+	}
+	for key, ep := range m.rejected {
+		if !listed[key] {
+			delete(m.rejected, key)
+			m.metrics.forget(ep.Namespace, ep.Name)
+		}
+	}
+
+	for key, ep := range desired {
+		w := m.workers[key]
+		if w != nil && sameEndpoint(w.endpoint(), ep) {
+			continue
+		}
+		if prev := m.rejected[key]; prev != nil && sameEndpoint(prev, ep) {
+			continue
+		}
+		cfg, err := m.buildConfig(ep)
+		if err != nil {
+			m.rejected[key] = ep
+			m.log.Error(err, "Not delivering to endpoint: its configuration cannot be used",
+				"namespace", ep.Namespace, "name", ep.Name, "generation", ep.Generation)
+			if w != nil {
+				m.retireLocked(key, w)
+			}
+			continue
+		}
+		delete(m.rejected, key)
+		if w != nil {
+			w.update(cfg)
+			continue
+		}
+		w = newWorker(m, ep, cfg)
+		m.workers[key] = w
+		m.log.V(1).Info("Starting delivery", "namespace", ep.Namespace, "name", ep.Name, "generation", ep.Generation)
+		go w.run()
+	}
+}
+
+// sameEndpoint reports whether two catalog snapshots describe the same
+// configuration; the catalog replaces values on every informer event, most
+// of which change nothing delivery cares about.
+func sameEndpoint(a, b *catalog.Endpoint) bool {
+	return a == b || reflect.DeepEqual(a, b)
+}
+
+// retireLocked stops a worker's fetch loop and keeps it until the loop
+// exited, so Stop can wait for it.
+func (m *Manager) retireLocked(key string, w *worker) {
+	delete(m.workers, key)
+	m.retiring[w] = struct{}{}
+	w.stop()
+	go func() {
+		<-w.done
+		m.mu.Lock()
+		delete(m.retiring, w)
+		m.mu.Unlock()
+	}()
+	m.log.V(1).Info("Stopping delivery", "namespace", w.namespace, "name", w.name)
+}
+
+// markGone stops the endpoint after a 410 Gone for generation.
+func (m *Manager) markGone(w *worker, generation int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	key := w.key
+	if cur := m.workers[key]; cur != w || cur.endpoint().Generation != generation {
+		return // already replaced by a newer spec
+	}
+	m.gone[key] = generation
+	m.retireLocked(key, w)
+	m.log.Info("Receiver answered 410 Gone: delivery stopped until the endpoint's spec changes",
+		"namespace", w.namespace, "name", w.name, "generation", generation)
+}
+
+// Running returns the keys ("namespace/name") of the endpoints whose
+// delivery loops run, sorted.
+func (m *Manager) Running() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	keys := make([]string, 0, len(m.workers))
+	for k := range m.workers {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// Stop stops fetching for every endpoint and waits for the attempts in
+// flight to finish and be acknowledged, retried or dead-lettered. When ctx
+// ends first, the remaining attempts are cancelled and Stop returns ctx's
+// error; their deliveries are redelivered by the queue later. Sync does
+// nothing after Stop.
+func (m *Manager) Stop(ctx context.Context) error {
+	m.mu.Lock()
+	m.stopped = true
+	var loops []*worker
+	for key, w := range m.workers {
+		delete(m.workers, key)
+		m.retiring[w] = struct{}{}
+		w.stop()
+	}
+	for w := range m.retiring {
+		loops = append(loops, w)
+	}
+	m.mu.Unlock()
+	m.cancelLoops()
+
+	// Once every fetch loop has exited no attempt can start, so waiting
+	// on the attempts cannot race with a new one.
+	idle := make(chan struct{})
+	go func() {
+		for _, w := range loops {
+			<-w.done
+		}
+		m.attempts.Wait()
+		close(idle)
+	}()
+	select {
+	case <-idle:
+		m.cancelAttempts()
+		return nil
+	case <-ctx.Done():
+		m.cancelAttempts()
+		return fmt.Errorf("stop delivery: attempts still in flight: %w", ctx.Err())
+	}
+}
+
+// workerConfig is an endpoint's immutable delivery configuration.
+type workerConfig struct {
+	endpoint     *catalog.Endpoint
+	target       *Target
+	client       *Client
+	retry        heraldv1.RetryPolicy
+	consumerOpts queue.ConsumerOptions
+}
+
+func (m *Manager) buildConfig(ep *catalog.Endpoint) (*workerConfig, error) {
+	if len(ep.Keys) == 0 {
+		return nil, fmt.Errorf("endpoint %s: %w", ep.Key(), ErrNoSigningKey)
+	}
+	target, err := NewTarget(ep, m.userAgent)
+	if err != nil {
+		return nil, err
+	}
+	timeout := ep.Spec.GetTimeout()
+	client, err := NewClient(m.dialer, ClientConfig{
+		Timeout:      timeout,
+		CABundle:     ep.CABundle,
+		ClientCert:   ep.ClientCert,
+		ClientKey:    ep.ClientKey,
+		MaxIdleConns: ep.Spec.GetMaxInFlight(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("endpoint %s: %w", ep.Key(), err)
+	}
+	opts := queue.ConsumerOptions{
+		AckWait:   max(queue.DefaultDeliveryAckWait, timeout+ackWaitMargin),
+		FetchWait: m.fetchWait,
+	}
+	if ep.Spec.GetOrdering() == heraldv1.Ordered {
+		// JetStream then hands out the next delivery only after the current
+		// one is acknowledged or dead-lettered, across retries and replicas.
+		opts.MaxAckPending = 1
+	}
+	return &workerConfig{
+		endpoint:     ep,
+		target:       target,
+		client:       client,
+		retry:        ep.Spec.GetRetry(),
+		consumerOpts: opts,
+	}, nil
+}

@@ -1,0 +1,730 @@
+package delivery
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
+	"github.com/herald-dev/herald/dispatcher/catalog"
+	"github.com/herald-dev/herald/dispatcher/queue"
+)
+
+func pending(t testing.TB, q *queue.Queue, namespace, endpoint string) uint64 {
+	t.Helper()
+	n, err := q.Pending(testContext(t), namespace, endpoint)
+	if err != nil {
+		t.Fatalf("Pending: %v", err)
+	}
+	return n
+}
+
+func deadLetters(t testing.TB, q *queue.Queue, namespace, endpoint string) uint64 {
+	t.Helper()
+	n, err := q.DeadLetterCount(testContext(t), namespace, endpoint)
+	if err != nil {
+		t.Fatalf("DeadLetterCount: %v", err)
+	}
+	return n
+}
+
+// orderOf is the event id in a StandardWebhooks body of testEvent.
+func orderOf(t testing.TB, body []byte) string {
+	t.Helper()
+	var v struct {
+		Data struct {
+			Order string `json:"order"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(body, &v); err != nil {
+		t.Fatalf("body %s: %v", body, err)
+	}
+	return v.Data.Order
+}
+
+func TestManagerDeliversSignedWebhook(t *testing.T) {
+	q := openQueue(t)
+	rc := newReceiver(t, nil)
+	m, out, rec := newTestManager(t, q)
+	ep := testEndpoint("shop", "orders", rc.URL+"/hook")
+	m.Sync([]*catalog.Endpoint{ep})
+	if got := m.Running(); !slices.Equal(got, []string{"shop/orders"}) {
+		t.Fatalf("Running = %v", got)
+	}
+	publish(t, q, "shop", "orders", "o-1")
+
+	got := out.waitFor(t, "shop/orders", "a success", func(os []Outcome) bool { return countSuccess(os) == 1 })
+	o := got[0]
+	if !o.Sent || o.StatusCode != http.StatusNoContent || o.Reason != "" || o.Attempt != 1 || o.Generation != 1 ||
+		o.Subscriptions != "sub-a,sub-b" || o.Namespace != "shop" || o.Endpoint != "orders" || o.DeadLettered || o.Gone {
+		t.Errorf("outcome = %+v", o)
+	}
+	if o.Latency <= 0 || o.Time.IsZero() {
+		t.Errorf("outcome lacks latency or time: %+v", o)
+	}
+
+	reqs := rc.received()
+	if len(reqs) != 1 {
+		t.Fatalf("receiver got %d requests", len(reqs))
+	}
+	r := reqs[0]
+	if got, want := r.Header.Get("webhook-id"), queue.WebhookID("shop", "/orders", "o-1"); got != want || o.WebhookID != want {
+		t.Errorf("webhook-id = %q (outcome %q), want %q", got, o.WebhookID, want)
+	}
+	if got := r.Header.Get("User-Agent"); got != "Herald/test" {
+		t.Errorf("User-Agent = %q", got)
+	}
+	if want := `{"type":"order.created","timestamp":"2026-01-02T03:04:05.123Z","data":{"order":"o-1"}}`; string(r.Body) != want {
+		t.Errorf("body = %s", r.Body)
+	}
+	wh, _ := standardwebhooks.NewWebhook(testSecret)
+	if err := wh.Verify(r.Body, r.Header); err != nil {
+		t.Errorf("official library: %v", err)
+	}
+	if n := pending(t, q, "shop", "orders"); n != 0 {
+		t.Errorf("pending = %d after success, want 0", n)
+	}
+	for _, a := range rec.addresses() {
+		if a != netip.MustParseAddr("127.0.0.1") {
+			t.Errorf("dialled %s", a)
+		}
+	}
+}
+
+// TestManagerRetriesWithSameIDAndFreshTimestamps: a 5xx is retried; every
+// attempt carries the same webhook-id and a new timestamp and signature.
+func TestManagerRetriesWithSameIDAndFreshTimestamps(t *testing.T) {
+	q := openQueue(t)
+	rc := newReceiver(t, func(i int, w http.ResponseWriter, _ *http.Request) {
+		if i < 2 {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	// The signing clock moves a minute per attempt (within the official
+	// library's five-minute tolerance), so fresh timestamps are visible
+	// without waiting for seconds to tick.
+	base := time.Now().Add(-2 * time.Minute)
+	var calls atomic.Int64
+	m, out, _ := newTestManager(t, q, func(o *Options) {
+		o.Now = func() time.Time { return base.Add(time.Duration(calls.Add(1)) * time.Minute) }
+	})
+	m.Sync([]*catalog.Endpoint{testEndpoint("shop", "orders", rc.URL)})
+	publish(t, q, "shop", "orders", "o-1")
+
+	got := out.waitFor(t, "shop/orders", "a success", func(os []Outcome) bool { return countSuccess(os) == 1 })
+	if len(got) != 3 {
+		t.Fatalf("outcomes = %+v, want 2 failures and a success", got)
+	}
+	for i, o := range got[:2] {
+		if o.Success || o.Reason != "HTTP 500" || o.StatusCode != 500 || o.Attempt != i+1 || o.DeadLettered {
+			t.Errorf("attempt %d outcome = %+v", i+1, o)
+		}
+		if upper := BackoffCap(i+1, 100*time.Millisecond, 200*time.Millisecond); o.RetryDelay < 0 || o.RetryDelay > upper {
+			t.Errorf("attempt %d retry delay %s outside [0, %s]", i+1, o.RetryDelay, upper)
+		}
+	}
+	if got[2].Attempt != 3 || !got[2].Success {
+		t.Errorf("last outcome = %+v", got[2])
+	}
+
+	reqs := rc.received()
+	if len(reqs) != 3 {
+		t.Fatalf("receiver got %d requests, want 3", len(reqs))
+	}
+	wh, _ := standardwebhooks.NewWebhook(testSecret)
+	var lastTS int64
+	for i, r := range reqs {
+		if r.Header.Get("webhook-id") != reqs[0].Header.Get("webhook-id") {
+			t.Errorf("attempt %d webhook-id %q differs from the first %q", i+1, r.Header.Get("webhook-id"), reqs[0].Header.Get("webhook-id"))
+		}
+		ts, _ := strconv.ParseInt(r.Header.Get("webhook-timestamp"), 10, 64)
+		if ts <= lastTS {
+			t.Errorf("attempt %d timestamp %d is not fresh (previous %d)", i+1, ts, lastTS)
+		}
+		lastTS = ts
+		if i > 0 && r.Header.Get("webhook-signature") == reqs[i-1].Header.Get("webhook-signature") {
+			t.Errorf("attempt %d reuses the previous signature", i+1)
+		}
+		if err := wh.Verify(r.Body, r.Header); err != nil {
+			t.Errorf("attempt %d: official library: %v", i+1, err)
+		}
+	}
+}
+
+// TestManagerHonoursRetryAfter: 429 and 503 with Retry-After schedule the
+// retry at the receiver's delay clamped to [initialBackoff, maxBackoff].
+func TestManagerHonoursRetryAfter(t *testing.T) {
+	q := openQueue(t)
+	rc := newReceiver(t, func(i int, w http.ResponseWriter, _ *http.Request) {
+		switch i {
+		case 0:
+			w.Header().Set("Retry-After", "3600") // clamped down to maxBackoff
+			w.WriteHeader(http.StatusTooManyRequests)
+		case 1:
+			w.Header().Set("Retry-After", "0") // clamped up to initialBackoff
+			w.WriteHeader(http.StatusServiceUnavailable)
+		case 2:
+			w.Header().Set("Retry-After", time.Now().Add(time.Hour).UTC().Format(http.TimeFormat))
+			w.WriteHeader(http.StatusServiceUnavailable)
+		default:
+			w.WriteHeader(http.StatusOK)
+		}
+	})
+	m, out, _ := newTestManager(t, q)
+	ep := testEndpoint("shop", "orders", rc.URL)
+	ep.Spec.Retry.InitialBackoff = &metav1.Duration{Duration: 100 * time.Millisecond}
+	ep.Spec.Retry.MaxBackoff = &metav1.Duration{Duration: 400 * time.Millisecond}
+	m.Sync([]*catalog.Endpoint{ep})
+	publish(t, q, "shop", "orders", "o-1")
+
+	got := out.waitFor(t, "shop/orders", "a success", func(os []Outcome) bool { return countSuccess(os) == 1 })
+	want := []struct {
+		reason string
+		delay  time.Duration
+	}{
+		{"HTTP 429", 400 * time.Millisecond},
+		{"HTTP 503", 100 * time.Millisecond},
+		{"HTTP 503", 400 * time.Millisecond},
+		{"", 0},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("outcomes = %+v", got)
+	}
+	for i, w := range want {
+		if got[i].Reason != w.reason || got[i].RetryDelay != w.delay {
+			t.Errorf("attempt %d: reason %q delay %s, want %q %s", i+1, got[i].Reason, got[i].RetryDelay, w.reason, w.delay)
+		}
+	}
+	// JetStream redelivers no earlier than the scheduled delay.
+	reqs := rc.received()
+	for i := 1; i < len(reqs); i++ {
+		if gap := reqs[i].At.Sub(reqs[i-1].At); gap < want[i-1].delay {
+			t.Errorf("attempt %d came %s after the previous one, before its delay %s", i+1, gap, want[i-1].delay)
+		}
+	}
+}
+
+// TestManagerGoneStopsEndpoint: 410 stops delivery to the endpoint, its
+// deliveries stay queued, and a new generation resumes delivery.
+func TestManagerGoneStopsEndpoint(t *testing.T) {
+	q := openQueue(t)
+	rc := newReceiver(t, func(i int, w http.ResponseWriter, _ *http.Request) {
+		if i == 0 {
+			w.WriteHeader(http.StatusGone)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	m, out, _ := newTestManager(t, q)
+	ep := testEndpoint("shop", "orders", rc.URL)
+	m.Sync([]*catalog.Endpoint{ep})
+	publish(t, q, "shop", "orders", "o-1")
+
+	got := out.waitFor(t, "shop/orders", "Gone", func(os []Outcome) bool { return len(os) == 1 })
+	if o := got[0]; !o.Gone || o.Success || o.Reason != "HTTP 410" || o.Generation != 1 || o.DeadLettered {
+		t.Fatalf("outcome = %+v", o)
+	}
+	if r := m.Running(); len(r) != 0 {
+		t.Fatalf("Running = %v after 410", r)
+	}
+	publish(t, q, "shop", "orders", "o-2")
+	// The catalog has not caught up yet (Gone still false): the same
+	// generation stays stopped.
+	m.Sync([]*catalog.Endpoint{ep})
+	if r := m.Running(); len(r) != 0 {
+		t.Fatalf("Running = %v for the gone generation", r)
+	}
+	if n := pending(t, q, "shop", "orders"); n != 2 {
+		t.Fatalf("pending = %d, want both deliveries kept", n)
+	}
+	if n := rc.count(); n != 1 {
+		t.Fatalf("receiver got %d requests while gone", n)
+	}
+
+	// The user changes the spec: delivery resumes with everything queued.
+	next := *ep
+	next.Generation = 2
+	m.Sync([]*catalog.Endpoint{&next})
+	got = out.waitFor(t, "shop/orders", "two successes", func(os []Outcome) bool { return countSuccess(os) == 2 })
+	for _, o := range got[1:] {
+		if o.Generation != 2 {
+			t.Errorf("outcome after resume = %+v", o)
+		}
+	}
+	if n := pending(t, q, "shop", "orders"); n != 0 {
+		t.Errorf("pending = %d", n)
+	}
+}
+
+func TestManagerTimeoutIsRetried(t *testing.T) {
+	q := openQueue(t)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	rc := newReceiver(t, func(i int, w http.ResponseWriter, r *http.Request) {
+		if i == 0 {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	m, out, _ := newTestManager(t, q)
+	ep := testEndpoint("shop", "orders", rc.URL)
+	ep.Spec.Timeout = &metav1.Duration{Duration: 300 * time.Millisecond}
+	m.Sync([]*catalog.Endpoint{ep})
+	publish(t, q, "shop", "orders", "o-1")
+	got := out.waitFor(t, "shop/orders", "a success", func(os []Outcome) bool { return countSuccess(os) == 1 })
+	if got[0].Reason != ReasonTimeout || got[0].StatusCode != 0 || !got[0].Sent {
+		t.Errorf("first outcome = %+v, want a Timeout", got[0])
+	}
+}
+
+// TestManagerOrderedKeepsOrderAcrossRetry: an Ordered endpoint delivers
+// strictly one at a time in publish order; a failing delivery holds back the
+// ones behind it until it succeeds.
+func TestManagerOrderedKeepsOrderAcrossRetry(t *testing.T) {
+	q := openQueue(t)
+	var inFlight, maxInFlight atomic.Int32
+	var failures atomic.Int32
+	var rc *receiver
+	rc = newReceiver(t, func(_ int, w http.ResponseWriter, r *http.Request) {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for {
+			m := maxInFlight.Load()
+			if n <= m || maxInFlight.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		time.Sleep(5 * time.Millisecond) // give a second request the chance to overlap
+		reqs := rc.received()
+		if orderOf(t, reqs[len(reqs)-1].Body) == "e-2" && failures.Add(1) <= 2 {
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	for i := 1; i <= 5; i++ {
+		publish(t, q, "shop", "ledger", "e-"+strconv.Itoa(i))
+	}
+	m, out, _ := newTestManager(t, q)
+	ep := testEndpoint("shop", "ledger", rc.URL)
+	ep.Spec.Ordering = heraldv1.Ordered
+	m.Sync([]*catalog.Endpoint{ep})
+
+	out.waitFor(t, "shop/ledger", "five successes", func(os []Outcome) bool { return countSuccess(os) == 5 })
+	var order []string
+	for _, r := range rc.received() {
+		order = append(order, orderOf(t, r.Body))
+	}
+	if want := []string{"e-1", "e-2", "e-2", "e-2", "e-3", "e-4", "e-5"}; !slices.Equal(order, want) {
+		t.Errorf("receiver saw %v, want %v", order, want)
+	}
+	if n := maxInFlight.Load(); n != 1 {
+		t.Errorf("%d requests overlapped, want 1", n)
+	}
+}
+
+// TestManagerFailingEndpointDoesNotDelayHealthy: while one endpoint's
+// receiver hangs until every attempt times out, all deliveries to a healthy
+// endpoint complete — and the failing endpoint is still retrying then.
+func TestManagerFailingEndpointDoesNotDelayHealthy(t *testing.T) {
+	q := openQueue(t)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	hanging := newReceiver(t, func(_ int, _ http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	healthy := newReceiver(t, nil)
+	const failingDeliveries, healthyDeliveries = 8, 30
+	for i := range failingDeliveries {
+		publish(t, q, "shop", "broken", "b-"+strconv.Itoa(i))
+	}
+	m, out, _ := newTestManager(t, q)
+	broken := testEndpoint("shop", "broken", hanging.URL)
+	broken.Spec.Timeout = &metav1.Duration{Duration: time.Second}
+	broken.Spec.MaxInFlight = new(int32(4))
+	broken.Spec.Retry.MaxAttempts = new(int32(100))
+	m.Sync([]*catalog.Endpoint{broken, testEndpoint("shop", "fine", healthy.URL)})
+	// The broken endpoint's receiver is busy before the healthy endpoint
+	// gets any traffic.
+	for range 4 {
+		select {
+		case <-hanging.arrived:
+		case <-time.After(testTimeout):
+			t.Fatal("the failing endpoint got no traffic")
+		}
+	}
+	for i := range healthyDeliveries {
+		publish(t, q, "shop", "fine", "f-"+strconv.Itoa(i))
+	}
+
+	out.waitFor(t, "shop/fine", "all healthy deliveries", func(os []Outcome) bool { return countSuccess(os) == healthyDeliveries })
+	if n := countSuccess(out.of("shop/broken")); n != 0 {
+		t.Fatalf("the failing endpoint had %d successes", n)
+	}
+	if n := pending(t, q, "shop", "broken"); n != failingDeliveries {
+		t.Errorf("failing endpoint has %d deliveries pending, want all %d still retrying", n, failingDeliveries)
+	}
+	for _, o := range out.of("shop/broken") {
+		if o.Reason != ReasonTimeout {
+			t.Errorf("failing endpoint outcome = %+v", o)
+		}
+	}
+}
+
+func TestManagerSuspendedEndpointIsNotConsumed(t *testing.T) {
+	q := openQueue(t)
+	rc := newReceiver(t, nil)
+	m, out, _ := newTestManager(t, q)
+	ep := testEndpoint("shop", "orders", rc.URL)
+	ep.Spec.Suspend = true
+	m.Sync([]*catalog.Endpoint{ep})
+	if r := m.Running(); len(r) != 0 {
+		t.Fatalf("Running = %v for a suspended endpoint", r)
+	}
+	publish(t, q, "shop", "orders", "o-1")
+	if n := pending(t, q, "shop", "orders"); n != 1 {
+		t.Fatalf("pending = %d", n)
+	}
+	resumed := *ep
+	resumed.Spec.Suspend = false
+	resumed.Generation = 2
+	m.Sync([]*catalog.Endpoint{&resumed})
+	out.waitFor(t, "shop/orders", "a success", func(os []Outcome) bool { return countSuccess(os) == 1 })
+	if n := rc.count(); n != 1 {
+		t.Errorf("receiver got %d requests", n)
+	}
+}
+
+func TestManagerDeadLettersAndCountsMetrics(t *testing.T) {
+	q := openQueue(t)
+	rc := newReceiver(t, respondStatus(http.StatusInternalServerError))
+	reg := prometheus.NewRegistry()
+	m, out, _ := newTestManager(t, q, func(o *Options) { o.Registerer = reg })
+	ep := testEndpoint("shop", "orders", rc.URL)
+	ep.Spec.Retry.MaxAttempts = new(int32(3))
+	m.Sync([]*catalog.Endpoint{ep})
+	publish(t, q, "shop", "orders", "o-1")
+
+	got := out.waitFor(t, "shop/orders", "dead letter", func(os []Outcome) bool {
+		return len(os) > 0 && os[len(os)-1].DeadLettered
+	})
+	if len(got) != 3 {
+		t.Fatalf("outcomes = %+v, want 3 attempts", got)
+	}
+	last := got[2]
+	if last.DeadLetterReason != "MaxAttempts: HTTP 500" || last.Reason != "HTTP 500" || last.Attempt != 3 || last.RetryDelay != 0 {
+		t.Errorf("last outcome = %+v", last)
+	}
+	if n := deadLetters(t, q, "shop", "orders"); n != 1 {
+		t.Errorf("dead letters = %d", n)
+	}
+	if n := pending(t, q, "shop", "orders"); n != 0 {
+		t.Errorf("pending = %d", n)
+	}
+
+	// An undecodable payload is dead-lettered without an attempt.
+	publishPayload(t, q, "shop", "orders", "bad", []byte(`not a cloudevent`))
+	got = out.waitFor(t, "shop/orders", "second dead letter", func(os []Outcome) bool { return len(os) == 4 })
+	if o := got[3]; o.Sent || !o.DeadLettered || o.Reason != ReasonInvalidPayload || o.DeadLetterReason != ReasonInvalidPayload {
+		t.Errorf("invalid payload outcome = %+v", o)
+	}
+	if n := rc.count(); n != 3 {
+		t.Errorf("receiver got %d requests, want 3", n)
+	}
+
+	if v := metricValue(t, reg, "herald_deliveries_total", map[string]string{"namespace": "shop", "endpoint": "orders", "outcome": OutcomeFailure}); v != 3 {
+		t.Errorf("herald_deliveries_total{outcome=failure} = %v, want 3", v)
+	}
+	if v := metricValue(t, reg, "herald_deliveries_total", map[string]string{"outcome": OutcomeSuccess}); v != 0 {
+		t.Errorf("herald_deliveries_total{outcome=success} = %v, want 0", v)
+	}
+	if v := metricValue(t, reg, "herald_deliveries_dead_lettered_total", map[string]string{"namespace": "shop", "endpoint": "orders"}); v != 2 {
+		t.Errorf("herald_deliveries_dead_lettered_total = %v, want 2", v)
+	}
+	if v := metricValue(t, reg, "herald_delivery_attempt_duration_seconds", map[string]string{"namespace": "shop", "endpoint": "orders"}); v != 3 {
+		t.Errorf("herald_delivery_attempt_duration_seconds count = %v, want 3", v)
+	}
+	// Removing the endpoint drops its series.
+	m.Sync(nil)
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if n := len(f.GetMetric()); n != 0 {
+			t.Errorf("%s has %d series after the endpoint was removed", f.GetName(), n)
+		}
+	}
+}
+
+func TestManagerExpiredDeliveryIsDeadLettered(t *testing.T) {
+	q := openQueue(t)
+	rc := newReceiver(t, nil)
+	m, out, _ := newTestManager(t, q)
+	ep := testEndpoint("shop", "orders", rc.URL)
+	ep.Spec.Retry.MaxAge = &metav1.Duration{Duration: time.Hour}
+	header := queue.Header{}
+	header.Set(queue.HeaderWebhookID, "msg_old")
+	header.Set(queue.HeaderIngestedAt, time.Now().Add(-2*time.Hour).UTC().Format(time.RFC3339Nano))
+	if _, _, err := q.PublishDelivery(testContext(t), "shop", "orders", "old", testEvent("old"), header); err != nil {
+		t.Fatal(err)
+	}
+	m.Sync([]*catalog.Endpoint{ep})
+	got := out.waitFor(t, "shop/orders", "dead letter", func(os []Outcome) bool { return len(os) == 1 })
+	if o := got[0]; o.Sent || !o.DeadLettered || o.DeadLetterReason != ReasonMaxAge {
+		t.Errorf("outcome = %+v", o)
+	}
+	if n := rc.count(); n != 0 {
+		t.Errorf("receiver got %d requests for an expired delivery", n)
+	}
+}
+
+func TestManagerBlocksInternalDestination(t *testing.T) {
+	q := openQueue(t)
+	m, out, rec := newTestManager(t, q)
+	ep := testEndpoint("shop", "orders", "http://169.254.169.254/latest/meta-data/")
+	ep.Spec.Retry.MaxAttempts = new(int32(1))
+	m.Sync([]*catalog.Endpoint{ep})
+	publish(t, q, "shop", "orders", "o-1")
+	got := out.waitFor(t, "shop/orders", "an outcome", func(os []Outcome) bool { return len(os) == 1 })
+	if o := got[0]; o.Reason != ReasonBlockedAddress || !o.DeadLettered {
+		t.Errorf("outcome = %+v", o)
+	}
+	if a := rec.addresses(); len(a) != 0 {
+		t.Errorf("guard let %v through", a)
+	}
+}
+
+// TestManagerSyncAppliesChanges: a new spec takes effect for the next
+// delivery, an Ordered switch recreates the consumer, and an endpoint left
+// out of Sync stops.
+func TestManagerSyncAppliesChanges(t *testing.T) {
+	q := openQueue(t)
+	first, second := newReceiver(t, nil), newReceiver(t, nil)
+	m, out, _ := newTestManager(t, q)
+	ep := testEndpoint("shop", "orders", first.URL)
+	m.Sync([]*catalog.Endpoint{ep})
+	publish(t, q, "shop", "orders", "o-1")
+	out.waitFor(t, "shop/orders", "first success", func(os []Outcome) bool { return countSuccess(os) == 1 })
+
+	// An identical snapshot changes nothing.
+	same := *ep
+	m.Sync([]*catalog.Endpoint{&same})
+
+	moved := *ep
+	moved.Generation = 2
+	moved.Spec.URL = second.URL
+	moved.Spec.Ordering = heraldv1.Ordered
+	m.Sync([]*catalog.Endpoint{&moved})
+	publish(t, q, "shop", "orders", "o-2")
+	publish(t, q, "shop", "orders", "o-3")
+	got := out.waitFor(t, "shop/orders", "three successes", func(os []Outcome) bool { return countSuccess(os) == 3 })
+	if first.count() != 1 || second.count() != 2 {
+		t.Errorf("requests: first receiver %d, second %d; want 1 and 2", first.count(), second.count())
+	}
+	for _, o := range got[1:] {
+		if o.Generation != 2 {
+			t.Errorf("outcome after the change = %+v", o)
+		}
+	}
+
+	m.Sync(nil)
+	if r := m.Running(); len(r) != 0 {
+		t.Errorf("Running = %v after the endpoint left the catalog", r)
+	}
+}
+
+// TestManagerStop: Stop waits for the attempt in flight, which is then
+// acknowledged; when its context ends first, the attempt is cancelled and
+// the delivery stays queued.
+func TestManagerStop(t *testing.T) {
+	t.Run("waits for in-flight attempts", func(t *testing.T) {
+		q := openQueue(t)
+		release := make(chan struct{})
+		rc := newReceiver(t, func(_ int, w http.ResponseWriter, _ *http.Request) {
+			<-release
+			w.WriteHeader(http.StatusOK)
+		})
+		m, out, _ := newTestManager(t, q)
+		m.Sync([]*catalog.Endpoint{testEndpoint("shop", "orders", rc.URL)})
+		publish(t, q, "shop", "orders", "o-1")
+		<-rc.arrived
+
+		stopped := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+			defer cancel()
+			stopped <- m.Stop(ctx)
+		}()
+		select {
+		case err := <-stopped:
+			t.Fatalf("Stop returned (%v) while an attempt was in flight", err)
+		case <-time.After(100 * time.Millisecond):
+		}
+		close(release)
+		if err := <-stopped; err != nil {
+			t.Fatalf("Stop: %v", err)
+		}
+		if n := countSuccess(out.of("shop/orders")); n != 1 {
+			t.Errorf("%d successes reported before Stop returned", n)
+		}
+		if n := pending(t, q, "shop", "orders"); n != 0 {
+			t.Errorf("pending = %d after Stop", n)
+		}
+		// Sync after Stop starts nothing.
+		m.Sync([]*catalog.Endpoint{testEndpoint("shop", "orders", rc.URL)})
+		if r := m.Running(); len(r) != 0 {
+			t.Errorf("Running = %v after Stop", r)
+		}
+	})
+	t.Run("bounded by its context", func(t *testing.T) {
+		q := openQueue(t)
+		release := make(chan struct{})
+		var once sync.Once
+		t.Cleanup(func() { once.Do(func() { close(release) }) })
+		rc := newReceiver(t, func(_ int, w http.ResponseWriter, r *http.Request) {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		})
+		m, out, _ := newTestManager(t, q)
+		m.Sync([]*catalog.Endpoint{testEndpoint("shop", "orders", rc.URL)})
+		publish(t, q, "shop", "orders", "o-1")
+		<-rc.arrived
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		if err := m.Stop(ctx); err == nil {
+			t.Fatal("Stop returned nil with an attempt still in flight")
+		}
+		// The cancelled attempt is handed back to the queue, not reported
+		// as the receiver's failure.
+		deadline := time.Now().Add(testTimeout)
+		for pending(t, q, "shop", "orders") != 1 && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if n := pending(t, q, "shop", "orders"); n != 1 {
+			t.Errorf("pending = %d, want the delivery kept", n)
+		}
+		if os := out.of("shop/orders"); len(os) != 0 {
+			t.Errorf("outcomes reported for a cancelled attempt: %+v", os)
+		}
+	})
+}
+
+// metricValue sums the counter values (or histogram sample counts) of the
+// series of a family whose labels include match.
+func metricValue(t testing.TB, reg *prometheus.Registry, name string, match map[string]string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("Gather: %v", err)
+	}
+	var sum float64
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			for k, v := range match {
+				if labels[k] != v {
+					continue series
+				}
+			}
+			switch {
+			case m.GetCounter() != nil:
+				sum += m.GetCounter().GetValue()
+			case m.GetHistogram() != nil:
+				sum += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return sum
+}
+
+// TestManagerCircuitBreakerProbes: after consecutive failures the circuit
+// opens; then probes go out, each a full cool-down after the previous
+// result, until one succeeds and delivery resumes. One request in flight
+// keeps the sequence readable; TestPacerLetsExactlyOneProbeThrough covers
+// concurrent waiters.
+func TestManagerCircuitBreakerProbes(t *testing.T) {
+	q := openQueue(t)
+	const failFirst = 5
+	rc := newReceiver(t, func(i int, w http.ResponseWriter, _ *http.Request) {
+		if i < failFirst {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	const cooldown = 300 * time.Millisecond
+	m, out, _ := newTestManager(t, q, func(o *Options) {
+		o.Breaker = BreakerConfig{Threshold: 2, Cooldown: cooldown, MaxCooldown: cooldown}
+	})
+	ep := testEndpoint("shop", "orders", rc.URL)
+	ep.Spec.MaxInFlight = new(int32(1))
+	ep.Spec.Retry.MaxAttempts = new(int32(100))
+	for i := range 3 {
+		publish(t, q, "shop", "orders", "o-"+strconv.Itoa(i))
+	}
+	m.Sync([]*catalog.Endpoint{ep})
+	got := out.waitFor(t, "shop/orders", "three successes", func(os []Outcome) bool { return countSuccess(os) == 3 })
+
+	opened := slices.IndexFunc(got, func(o Outcome) bool { return o.CircuitOpen })
+	if opened < 0 {
+		t.Fatalf("circuit never opened: %+v", got)
+	}
+	// Requests that arrived after the circuit opened are probes until one
+	// succeeds; each waits a cool-down after the result before it.
+	var probes []receivedRequest
+	for _, r := range rc.received() {
+		if r.At.After(got[opened].Time) {
+			probes = append(probes, r)
+		}
+	}
+	if len(probes) < 2 {
+		t.Fatalf("only %d requests after the circuit opened", len(probes))
+	}
+	if gap := probes[0].At.Sub(got[opened].Time); gap < cooldown {
+		t.Errorf("first probe %s after the circuit opened, before the cool-down %s", gap, cooldown)
+	}
+	// With failFirst failures and the threshold reached after two, the
+	// probes are: failing ones, then the successful one.
+	failedProbes := failFirst - (opened + 1)
+	if len(probes) < failedProbes+1 {
+		t.Fatalf("%d probes, want at least %d", len(probes), failedProbes+1)
+	}
+	for i := 1; i <= failedProbes; i++ {
+		if gap := probes[i].At.Sub(probes[i-1].At); gap < cooldown {
+			t.Errorf("probe %d came %s after the previous one, within the cool-down %s", i+1, gap, cooldown)
+		}
+	}
+	if last := got[len(got)-1]; last.CircuitOpen {
+		t.Errorf("circuit still open after deliveries succeeded: %+v", last)
+	}
+}

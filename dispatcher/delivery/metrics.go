@@ -1,0 +1,73 @@
+package delivery
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Values of the outcome label of herald_deliveries_total.
+const (
+	OutcomeSuccess = "success"
+	OutcomeFailure = "failure"
+	OutcomeGone    = "gone"
+)
+
+// metrics are the delivery stage's Prometheus metrics. Labels are bounded:
+// the endpoint's namespace and name, and a fixed outcome set.
+type metrics struct {
+	deliveries   *prometheus.CounterVec
+	duration     *prometheus.HistogramVec
+	deadLettered *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_deliveries_total",
+			Help: "Delivery attempts sent to webhook endpoints, by outcome (success, failure, gone).",
+		}, []string{"namespace", "endpoint", "outcome"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "herald_delivery_attempt_duration_seconds",
+			Help:    "Duration of delivery attempts, connection and capped response body included.",
+			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300},
+		}, []string{"namespace", "endpoint"}),
+		deadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_deliveries_dead_lettered_total",
+			Help: "Deliveries moved to the dead-letter stream after exhausting their retries.",
+		}, []string{"namespace", "endpoint"}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.deliveries, m.duration, m.deadLettered} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register delivery metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) observe(o Outcome) {
+	if o.Sent {
+		outcome := OutcomeFailure
+		switch {
+		case o.Success:
+			outcome = OutcomeSuccess
+		case o.Gone:
+			outcome = OutcomeGone
+		}
+		m.deliveries.WithLabelValues(o.Namespace, o.Endpoint, outcome).Inc()
+		m.duration.WithLabelValues(o.Namespace, o.Endpoint).Observe(o.Latency.Seconds())
+	}
+	if o.DeadLettered {
+		m.deadLettered.WithLabelValues(o.Namespace, o.Endpoint).Inc()
+	}
+}
+
+// forget drops the series of an endpoint that no longer exists.
+func (m *metrics) forget(namespace, endpoint string) {
+	labels := prometheus.Labels{"namespace": namespace, "endpoint": endpoint}
+	m.deliveries.DeletePartialMatch(labels)
+	m.duration.DeletePartialMatch(labels)
+	m.deadLettered.DeletePartialMatch(labels)
+}

@@ -1,0 +1,306 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/herald-dev/herald/dispatcher/catalog"
+	"github.com/herald-dev/herald/dispatcher/queue"
+)
+
+// worker is the delivery loop of one endpoint: its own consumer, pacer and
+// goroutines, so nothing it waits for can hold up another endpoint.
+type worker struct {
+	m                    *Manager
+	key, namespace, name string
+	pacer                *Pacer
+	log                  logr.Logger
+
+	// ctx ends when the worker is stopped; its fetch loop exits then.
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{} // closed when run returned
+
+	mu  sync.Mutex
+	cfg *workerConfig
+	// cancelLoop ends the current fetch loop so that run recreates the
+	// consumer with new options.
+	cancelLoop context.CancelFunc
+}
+
+func newWorker(m *Manager, ep *catalog.Endpoint, cfg *workerConfig) *worker {
+	ctx, cancel := context.WithCancel(m.loopsCtx)
+	return &worker{
+		m:         m,
+		key:       ep.Key(),
+		namespace: ep.Namespace,
+		name:      ep.Name,
+		pacer:     NewPacer(ep.Spec.GetMaxInFlight(), ep.Spec.RateLimit, m.breaker),
+		log:       m.log.WithValues("namespace", ep.Namespace, "name", ep.Name),
+		ctx:       ctx,
+		cancel:    cancel,
+		done:      make(chan struct{}),
+		cfg:       cfg,
+	}
+}
+
+func (w *worker) config() *workerConfig {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.cfg
+}
+
+func (w *worker) endpoint() *catalog.Endpoint { return w.config().endpoint }
+
+// update applies a new configuration: attempts that start afterwards use it,
+// attempts in flight finish with the old one. The consumer is recreated only
+// when its options changed (ordering, timeout).
+func (w *worker) update(cfg *workerConfig) {
+	w.mu.Lock()
+	old := w.cfg
+	w.cfg = cfg
+	if old.consumerOpts != cfg.consumerOpts && w.cancelLoop != nil {
+		w.cancelLoop()
+	}
+	w.mu.Unlock()
+	w.pacer.Update(cfg.endpoint.Spec.GetMaxInFlight(), cfg.endpoint.Spec.RateLimit)
+	old.client.CloseIdleConnections()
+	w.log.V(1).Info("Updated delivery configuration", "generation", cfg.endpoint.Generation)
+}
+
+// stop ends the fetch loop; attempts in flight finish.
+func (w *worker) stop() { w.cancel() }
+
+func (w *worker) beginLoop() (*workerConfig, context.Context, context.CancelFunc) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	ctx, cancel := context.WithCancel(w.ctx)
+	w.cancelLoop = cancel
+	return w.cfg, ctx, cancel
+}
+
+// run creates the endpoint's consumer and fetches until the worker stops,
+// recreating the consumer when its options change.
+func (w *worker) run() {
+	defer close(w.done)
+	const minRetry, maxRetry = 500 * time.Millisecond, 30 * time.Second
+	retry := minRetry
+	for w.ctx.Err() == nil {
+		cfg, loopCtx, cancel := w.beginLoop()
+		consumer, err := w.m.queue.DeliveryConsumer(loopCtx, w.namespace, w.name, cfg.consumerOpts)
+		if err != nil {
+			cancel()
+			if w.ctx.Err() != nil {
+				return
+			}
+			w.log.Error(err, "Cannot create the endpoint's delivery consumer, retrying", "retryIn", retry)
+			sleep(w.ctx, retry)
+			retry = min(2*retry, maxRetry)
+			continue
+		}
+		retry = minRetry
+		w.fetchLoop(loopCtx, consumer)
+		cancel()
+	}
+}
+
+func (w *worker) fetchLoop(ctx context.Context, consumer *queue.Consumer) {
+	for {
+		ticket, err := w.pacer.Acquire(ctx)
+		if err != nil {
+			return
+		}
+		// The fetch itself is not cut short when the loop is asked to stop:
+		// a pull request abandoned by the client stays on the server until
+		// it expires and can take a delivery nobody receives, which would
+		// then wait for its whole AckWait. It ends by itself within the
+		// consumer's FetchWait; only Stop running out of time cancels it.
+		msgs, err := consumer.Fetch(w.m.attemptsCtx, 1)
+		if ctx.Err() != nil {
+			ticket.Release()
+			for _, msg := range msgs {
+				w.handBack(msg)
+			}
+			return
+		}
+		if err != nil || len(msgs) == 0 {
+			ticket.Release()
+			if err != nil {
+				if w.m.attemptsCtx.Err() != nil {
+					return
+				}
+				w.log.Error(err, "Fetching deliveries failed, retrying")
+				sleep(ctx, time.Second)
+			}
+			continue
+		}
+		cfg := w.config()
+		w.m.attempts.Add(1)
+		go func() {
+			defer w.m.attempts.Done()
+			w.process(cfg, msgs[0], ticket)
+		}()
+	}
+}
+
+// handBackDelay is how long a delivery handed back without an attempt
+// waits before the queue offers it again.
+const handBackDelay = time.Second
+
+// handBack returns a delivery to the queue without attempting it.
+func (w *worker) handBack(msg *queue.Message) {
+	w.nak(msg, handBackDelay)
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// ingestedAt is when the delivery's event was accepted at ingest, or when
+// the delivery was queued if that header is missing.
+func ingestedAt(msg *queue.Message) time.Time {
+	if v := msg.Header.Get(queue.HeaderIngestedAt); v != "" {
+		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+			return t
+		}
+	}
+	return msg.Timestamp
+}
+
+// process makes one attempt of a delivery and settles the message.
+func (w *worker) process(cfg *workerConfig, msg *queue.Message, ticket *Ticket) {
+	ep := cfg.endpoint
+	o := Outcome{
+		Namespace:     w.namespace,
+		Endpoint:      w.name,
+		Generation:    ep.Generation,
+		Attempt:       int(msg.NumDelivered),
+		WebhookID:     msg.Header.Get(queue.HeaderWebhookID),
+		Subscriptions: msg.Header.Get(queue.HeaderSubscriptions),
+	}
+	policy := cfg.retry
+	ingested := ingestedAt(msg)
+
+	if time.Since(ingested) > policy.MaxAge {
+		ticket.Release()
+		o.Reason = ReasonMaxAge
+		w.deadLetter(msg, ReasonMaxAge, &o)
+		w.report(o)
+		return
+	}
+
+	req, err := cfg.target.BuildRequest(w.m.attemptsCtx, Delivery{
+		Namespace:  w.namespace,
+		Payload:    msg.Data,
+		WebhookID:  o.WebhookID,
+		IngestedAt: ingested,
+	}, w.m.now())
+	if err != nil {
+		ticket.Release()
+		if errors.Is(err, errInvalidEvent) {
+			w.log.Error(err, "Dead-lettering an undeliverable payload", "sequence", msg.Sequence)
+			o.Reason = ReasonInvalidPayload
+			w.deadLetter(msg, ReasonInvalidPayload, &o)
+		} else {
+			// No valid signing key right now: the manager is expected to
+			// provide one; keep the delivery and try again later.
+			o.Reason = ReasonSigningKeyMissing
+			o.RetryDelay = Backoff(o.Attempt, policy.InitialBackoff, policy.MaxBackoff)
+			w.nak(msg, o.RetryDelay)
+		}
+		o.Time = time.Now()
+		w.report(o)
+		return
+	}
+
+	resp, err := cfg.client.Do(req)
+	o.Sent, o.Time, o.Latency = true, time.Now(), resp.Latency
+	res := attemptResult{}
+	if err != nil {
+		if w.m.attemptsCtx.Err() != nil {
+			// Stop ran out of time and cancelled the attempt: not the
+			// receiver's fault. Hand the delivery back at once.
+			ticket.Release()
+			w.handBack(msg)
+			return
+		}
+		res.reason = ClassifyError(err)
+		w.log.V(1).Info("Delivery attempt failed", "attempt", o.Attempt, "reason", res.reason, "error", safeErrorText(err))
+	} else {
+		res.statusCode, res.retryAfter = resp.StatusCode, resp.RetryAfter
+		res.success = resp.StatusCode >= 200 && resp.StatusCode < 300
+		if !res.success {
+			res.reason = HTTPReason(resp.StatusCode)
+		}
+	}
+	o.Success, o.StatusCode, o.Reason = res.success, res.statusCode, res.reason
+	o.CircuitOpen = ticket.Done(res.success)
+
+	d := decide(res, policy, o.Attempt, ingested, time.Now())
+	switch d.action {
+	case actionAck:
+		ctx, cancel := context.WithTimeout(context.Background(), finishTimeout)
+		if err := msg.Ack(ctx); err != nil {
+			// The receiver has it; the queue will redeliver it with the same
+			// webhook-id, which at-least-once allows.
+			w.log.Error(err, "Acknowledging a delivered message failed", "sequence", msg.Sequence)
+		}
+		cancel()
+	case actionRetry:
+		o.RetryDelay = d.delay
+		w.nak(msg, d.delay)
+	case actionDeadLetter:
+		w.deadLetter(msg, d.deadLetterReason, &o)
+	case actionGone:
+		o.Gone = true
+		// Stop fetching first, then hand the delivery back: it waits in the
+		// queue until the endpoint's spec changes.
+		w.m.markGone(w, ep.Generation)
+		w.handBack(msg)
+	}
+	w.report(o)
+}
+
+// nak schedules the redelivery of msg after delay. A full-jitter draw
+// may be zero; the nak is still a delayed one (by a millisecond), because
+// the queue counts a message waiting for a delayed redelivery as pending
+// and one waiting after a plain nak not at all.
+func (w *worker) nak(msg *queue.Message, delay time.Duration) {
+	if err := msg.NakWithDelay(max(delay, time.Millisecond)); err != nil {
+		// Lost naks end in a redelivery after AckWait.
+		w.log.Error(err, "Returning a delivery to the queue failed", "sequence", msg.Sequence)
+	}
+}
+
+func (w *worker) deadLetter(msg *queue.Message, reason string, o *Outcome) {
+	ctx, cancel := context.WithTimeout(context.Background(), finishTimeout)
+	defer cancel()
+	if err := w.m.queue.DeadLetter(ctx, msg, reason); err != nil {
+		w.log.Error(err, "Dead-lettering a delivery failed; it stays queued", "sequence", msg.Sequence, "reason", reason)
+		w.nak(msg, deadLetterRetryDelay)
+		return
+	}
+	o.DeadLettered, o.DeadLetterReason = true, reason
+	w.log.Info("Delivery dead-lettered", "sequence", msg.Sequence, "attempt", o.Attempt, "reason", reason)
+}
+
+// deadLetterRetryDelay delays the next try of a delivery whose dead-lettering
+// failed, so that a queue problem does not spin.
+const deadLetterRetryDelay = 5 * time.Second
+
+func (w *worker) report(o Outcome) {
+	if o.Time.IsZero() {
+		o.Time = time.Now()
+	}
+	w.m.metrics.observe(o)
+	w.m.reporter.Attempted(w.key, o)
+}

@@ -1,0 +1,697 @@
+package ingest
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/textproto"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/cloudevents/sdk-go/v2/binding"
+	"github.com/cloudevents/sdk-go/v2/binding/format"
+	"github.com/cloudevents/sdk-go/v2/event"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/cloudevents/sdk-go/v2/types"
+)
+
+// Decoding uses the CloudEvents Go SDK to build every event: its structured
+// JSON format (format.JSON, the same code json.Unmarshal runs on an
+// event.Event) and its HTTP binding (cehttp.NewMessage + binding.ToEvent)
+// for binary mode. Around it this file adds what the SDK leaves out, each for
+// a reason:
+//
+//   - A strict pre-scan of each JSON object (scanObject, checkJSONAttributes)
+//     with encoding/json: the SDK's jsoniter reader reports a wrong type or a
+//     missing attribute without naming the attribute, accepts trailing data
+//     and duplicate keys, silently converts numeric extensions to int32
+//     (1.5 becomes 1) and lower-cases invalid upper-case attribute names.
+//     Herald answers 400 naming the attribute instead.
+//   - Batches are split with encoding/json rather than binding.ToEvents, so a
+//     bad event is reported with its index, and every element goes through
+//     exactly the same checks as a structured event.
+//   - Binary-mode headers are checked before the SDK reads them: it reads
+//     only the first value of a repeated header, and panics on a bare "ce-"
+//     header name.
+//   - Binary-mode data is given the structured representation that stores it
+//     losslessly (data for JSON and text, data_base64 otherwise); the SDK
+//     would write any non-JSON body as a JSON string, mangling binary data.
+//   - The stored form must be a fixed point: the canonical JSON, decoded and
+//     encoded again, yields the same bytes. The fan-out and delivery stages
+//     read only what is stored, so an event whose attributes the SDK would
+//     normalise differently on a second pass (some URI forms) is rejected at
+//     ingest rather than changing its identity later.
+
+// specVersion is the only CloudEvents version accepted.
+const specVersion = event.CloudEventsVersionV1
+
+// Required context attributes, in the order they are checked (specversion
+// first: a 0.3 event gets "specversion must be 1.0", not a confusing error
+// about another attribute).
+var requiredAttributes = []string{"specversion", "id", "source", "type"}
+
+// Optional context attributes of CloudEvents 1.0 (data and data_base64 are
+// not attributes and handled separately).
+var optionalAttributes = []string{"subject", "datacontenttype", "dataschema", "time"}
+
+// decodedEvent is a valid event together with its canonical structured JSON
+// form, the payload stored in the queue.
+type decodedEvent struct {
+	event   *event.Event
+	payload []byte
+}
+
+func (d *decodedEvent) id() string     { return d.event.ID() }
+func (d *decodedEvent) source() string { return d.event.Source() }
+
+// requestError is a rejection of a request: the HTTP status, a message for
+// the client, and optionally the attribute and the batch index concerned.
+type requestError struct {
+	status  int
+	message string
+	field   string
+	index   int // position in a batch; -1 when not about one batch element
+	// retryAfterSeconds is sent as Retry-After when positive.
+	retryAfterSeconds int
+	// events is how many events the rejected request held, when known (a
+	// batch that was split before one element failed), for the metrics.
+	events int
+}
+
+func (e *requestError) Error() string {
+	var b strings.Builder
+	if e.index >= 0 {
+		fmt.Fprintf(&b, "event %d: ", e.index)
+	}
+	b.WriteString(e.message)
+	return b.String()
+}
+
+func badEvent(field, message string, args ...any) *requestError {
+	return &requestError{status: http.StatusBadRequest, field: field, index: -1, message: fmt.Sprintf(message, args...)}
+}
+
+// quote renders an attribute value for an error message, bounded so a huge
+// value does not produce a huge response.
+func quote(s string) string {
+	const maxLen = 80
+	if len(s) > maxLen {
+		cut := maxLen
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		return strconv.Quote(s[:cut]) + "…"
+	}
+	return strconv.Quote(s)
+}
+
+// decodeStructured decodes a structured-mode body
+// (application/cloudevents+json).
+func decodeStructured(body []byte) (*decodedEvent, *requestError) {
+	if !utf8.Valid(body) {
+		return nil, badEvent("", "body is not valid UTF-8 (JSON must be UTF-8)")
+	}
+	return decodeJSONEvent(body)
+}
+
+// decodeBatch decodes a batch body (application/cloudevents-batch+json): a
+// JSON array of structured events. It returns all events or, when any is
+// invalid, the first error with the element's index. More than maxEvents
+// elements is a 413.
+func decodeBatch(body []byte, maxEvents int) ([]*decodedEvent, *requestError) {
+	if !utf8.Valid(body) {
+		return nil, badEvent("", "body is not valid UTF-8 (JSON must be UTF-8)")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, badEvent("", "malformed JSON: %s", jsonErrorText(err))
+	}
+	if delim, ok := tok.(json.Delim); !ok || delim != '[' {
+		return nil, badEvent("", "a batch must be a JSON array of events")
+	}
+	var raws []json.RawMessage
+	for dec.More() {
+		if len(raws) == maxEvents {
+			return nil, &requestError{
+				status:  http.StatusRequestEntityTooLarge,
+				index:   -1,
+				message: fmt.Sprintf("batch holds more than %d events, the limit; split it into smaller batches", maxEvents),
+			}
+		}
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			e := badEvent("", "malformed JSON: %s", jsonErrorText(err))
+			e.index = len(raws)
+			return nil, e
+		}
+		raws = append(raws, raw)
+	}
+	if _, err := dec.Token(); err != nil { // the closing ']'
+		return nil, badEvent("", "malformed JSON: %s", jsonErrorText(err))
+	}
+	if err := expectEOF(dec); err != nil {
+		return nil, err
+	}
+	events := make([]*decodedEvent, 0, len(raws))
+	for i, raw := range raws {
+		ev, rerr := decodeJSONEvent(raw)
+		if rerr != nil {
+			rerr.index, rerr.events = i, len(raws)
+			return nil, rerr
+		}
+		events = append(events, ev)
+	}
+	return events, nil
+}
+
+// decodeJSONEvent decodes one event in the structured JSON format.
+func decodeJSONEvent(raw []byte) (*decodedEvent, *requestError) {
+	attrs, rerr := scanObject(raw)
+	if rerr != nil {
+		return nil, rerr
+	}
+	if rerr := checkJSONAttributes(attrs); rerr != nil {
+		return nil, rerr
+	}
+	ev := event.New()
+	if err := format.JSON.Unmarshal(raw, &ev); err != nil {
+		return nil, sdkError(err)
+	}
+	return finish(&ev)
+}
+
+// scanObject splits a JSON object into its members, rejecting anything but
+// exactly one object, and duplicate member names.
+func scanObject(raw []byte) (map[string]json.RawMessage, *requestError) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, badEvent("", "malformed JSON: %s", jsonErrorText(err))
+	}
+	if delim, ok := tok.(json.Delim); !ok || delim != '{' {
+		return nil, badEvent("", "a CloudEvent in JSON must be an object")
+	}
+	attrs := make(map[string]json.RawMessage)
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, badEvent("", "malformed JSON: %s", jsonErrorText(err))
+		}
+		name, ok := tok.(string)
+		if !ok { // cannot happen: the decoder only yields strings as keys
+			return nil, badEvent("", "malformed JSON object")
+		}
+		var value json.RawMessage
+		if err := dec.Decode(&value); err != nil {
+			// No field: the syntax error may lie around the member, not in
+			// the attribute's value.
+			return nil, badEvent("", "malformed JSON at attribute %s: %s", quote(name), jsonErrorText(err))
+		}
+		if _, dup := attrs[name]; dup {
+			return nil, badEvent(name, "attribute %s appears more than once", quote(name))
+		}
+		attrs[name] = value
+	}
+	if _, err := dec.Token(); err != nil { // the closing '}'
+		return nil, badEvent("", "malformed JSON: %s", jsonErrorText(err))
+	}
+	if err := expectEOF(dec); err != nil {
+		return nil, err
+	}
+	return attrs, nil
+}
+
+func expectEOF(dec *json.Decoder) *requestError {
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return badEvent("", "malformed JSON: unexpected data after the end of the value")
+	}
+	return nil
+}
+
+// jsonErrorText describes a JSON syntax error without echoing input.
+func jsonErrorText(err error) string {
+	var syntax *json.SyntaxError
+	if errors.As(err, &syntax) {
+		return fmt.Sprintf("%s (at byte %d)", syntax.Error(), syntax.Offset)
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return "unexpected end of input"
+	}
+	return err.Error()
+}
+
+// checkJSONAttributes checks the members of a structured event: required
+// attributes present as non-empty strings, optional ones strings, extension
+// names and value types as CloudEvents 1.0 defines them.
+func checkJSONAttributes(attrs map[string]json.RawMessage) *requestError {
+	for _, name := range requiredAttributes {
+		raw, ok := attrs[name]
+		if !ok || isJSONNull(raw) {
+			return badEvent(name, "missing required attribute %s", name)
+		}
+		value, rerr := jsonString(name, raw)
+		if rerr != nil {
+			return rerr
+		}
+		if rerr := checkAttributeValue(name, value); rerr != nil {
+			return rerr
+		}
+	}
+	names := make([]string, 0, len(attrs))
+	for name := range attrs {
+		names = append(names, name)
+	}
+	slices.Sort(names) // report the same attribute first every time
+	for _, name := range names {
+		raw := attrs[name]
+		switch {
+		case slices.Contains(requiredAttributes, name):
+		case name == "data":
+			// Any JSON value; its meaning depends on datacontenttype.
+		case name == "data_base64":
+			value, rerr := jsonString(name, raw)
+			if rerr != nil {
+				return rerr
+			}
+			if _, err := base64.StdEncoding.DecodeString(value); err != nil {
+				return badEvent(name, "attribute data_base64 is not valid base64: %v", err)
+			}
+			if _, both := attrs["data"]; both {
+				return badEvent(name, "an event has data or data_base64, not both")
+			}
+		case slices.Contains(optionalAttributes, name):
+			if isJSONNull(raw) {
+				continue // null means absent
+			}
+			value, rerr := jsonString(name, raw)
+			if rerr != nil {
+				return rerr
+			}
+			if rerr := checkAttributeValue(name, value); rerr != nil {
+				return rerr
+			}
+		default:
+			if rerr := checkExtensionName(name); rerr != nil {
+				return rerr
+			}
+			if rerr := checkJSONExtensionValue(name, raw); rerr != nil {
+				return rerr
+			}
+		}
+	}
+	return nil
+}
+
+func isJSONNull(raw json.RawMessage) bool { return string(raw) == "null" }
+
+func jsonString(name string, raw json.RawMessage) (string, *requestError) {
+	var s string
+	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
+		return "", badEvent(name, "attribute %s must be a JSON string", name)
+	}
+	return s, nil
+}
+
+// checkJSONExtensionValue allows the JSON types CloudEvents 1.0 extension
+// attributes can have: string, boolean, integer (32-bit), or null (absent).
+func checkJSONExtensionValue(name string, raw json.RawMessage) *requestError {
+	switch {
+	case len(raw) == 0:
+		return badEvent(name, "extension attribute %s has no value", quote(name))
+	case raw[0] == '"':
+		s, rerr := jsonString(name, raw)
+		if rerr != nil {
+			return rerr
+		}
+		return checkAttributeValue(name, s)
+	case string(raw) == "true", string(raw) == "false", string(raw) == "null":
+		return nil
+	case raw[0] == '-' || (raw[0] >= '0' && raw[0] <= '9'):
+		if _, err := strconv.ParseInt(string(raw), 10, 32); err != nil {
+			return badEvent(name, "extension attribute %s must be a string, a boolean or an integer between -2147483648 and 2147483647", quote(name))
+		}
+		return nil
+	default:
+		return badEvent(name, "extension attribute %s must be a string, a boolean or an integer, not a JSON object or array", quote(name))
+	}
+}
+
+// checkExtensionName enforces the CloudEvents 1.0 naming rule: lower-case
+// ASCII letters and digits.
+func checkExtensionName(name string) *requestError {
+	if name == "" {
+		return badEvent(name, "attribute names must not be empty")
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			return badEvent(name, "attribute name %s is invalid: CloudEvents attribute names consist of lower-case letters a-z and digits 0-9", quote(name))
+		}
+	}
+	return nil
+}
+
+// checkAttributeValue checks one string-valued context attribute. It is
+// shared by the structured and the binary decoders, and re-applied to the
+// SDK's event in validateEvent.
+func checkAttributeValue(name, value string) *requestError {
+	if !utf8.ValidString(value) {
+		return badEvent(name, "attribute %s is not valid UTF-8", name)
+	}
+	switch name {
+	case "specversion":
+		if value != specVersion {
+			return badEvent(name, "attribute specversion must be %q, got %s", specVersion, quote(value))
+		}
+	case "id", "source", "type":
+		if strings.TrimSpace(value) == "" {
+			return badEvent(name, "attribute %s must not be empty", name)
+		}
+		if hasControlCharacter(value) {
+			return badEvent(name, "attribute %s must not contain control characters", name)
+		}
+		if name == "source" && types.ParseURIRef(value) == nil {
+			return badEvent(name, "attribute source must be a URI-reference, got %s", quote(value))
+		}
+	case "subject":
+		if strings.TrimSpace(value) == "" {
+			return badEvent(name, "attribute subject must not be empty when present")
+		}
+	case "datacontenttype":
+		if _, _, err := mime.ParseMediaType(value); err != nil {
+			return badEvent(name, "attribute datacontenttype must be a media type (RFC 2046), got %s", quote(value))
+		}
+	case "dataschema":
+		if u := types.ParseURI(value); u == nil || !u.Validate() {
+			return badEvent(name, "attribute dataschema must be an absolute URI, got %s", quote(value))
+		}
+	case "time":
+		if _, err := types.ParseTimestamp(value); err != nil || value == "" {
+			return badEvent(name, "attribute time must be an RFC 3339 timestamp, got %s", quote(value))
+		}
+	}
+	return nil
+}
+
+func hasControlCharacter(s string) bool {
+	return strings.ContainsFunc(s, unicode.IsControl)
+}
+
+// ceHeaderPrefix is the canonical prefix of binary-mode attribute headers.
+const ceHeaderPrefix = "Ce-"
+
+// decodeBinary decodes a binary-mode request: attributes in ce-* headers,
+// datacontenttype in Content-Type, the body is the event's data. header need
+// not be canonical.
+func decodeBinary(header http.Header, body []byte) (*decodedEvent, *requestError) {
+	// Only the CloudEvents headers go to the SDK, canonicalised so that
+	// repeated attributes are seen whatever their spelling.
+	ceHeader := make(http.Header)
+	for key, values := range header {
+		canonical := textproto.CanonicalMIMEHeaderKey(key)
+		if canonical == "Content-Type" || strings.HasPrefix(canonical, ceHeaderPrefix) {
+			ceHeader[canonical] = append(ceHeader[canonical], values...)
+		}
+	}
+	keys := make([]string, 0, len(ceHeader))
+	for key := range ceHeader {
+		keys = append(keys, key)
+	}
+	slices.Sort(keys)
+	for _, key := range keys {
+		values := ceHeader[key]
+		if key == "Content-Type" {
+			if len(values) > 1 {
+				return nil, badEvent("datacontenttype", "header Content-Type appears more than once")
+			}
+			if strings.TrimSpace(values[0]) == "" {
+				delete(ceHeader, key) // empty means absent
+			}
+			continue
+		}
+		name := strings.ToLower(key[len(ceHeaderPrefix):])
+		if rerr := checkExtensionName(name); rerr != nil {
+			rerr.message = fmt.Sprintf("header %s: %s", quote(key), rerr.message)
+			return nil, rerr
+		}
+		if len(values) > 1 {
+			return nil, badEvent(name, "header %s appears more than once", key)
+		}
+		if name == "datacontenttype" {
+			return nil, badEvent(name, "in binary mode datacontenttype is the Content-Type header, not %s", key)
+		}
+		if !slices.Contains(requiredAttributes, name) {
+			if rerr := checkAttributeValue(name, values[0]); rerr != nil {
+				return nil, rerr
+			}
+		}
+	}
+	for _, name := range requiredAttributes {
+		value := ceHeader.Get(ceHeaderPrefix + name)
+		if value == "" {
+			return nil, badEvent(name, "missing required attribute %s (header ce-%s)", name, name)
+		}
+		if rerr := checkAttributeValue(name, value); rerr != nil {
+			return nil, rerr
+		}
+	}
+	if ct := ceHeader.Get("Content-Type"); ct != "" {
+		if rerr := checkAttributeValue("datacontenttype", ct); rerr != nil {
+			return nil, rerr
+		}
+		if mediaType, _, _ := mime.ParseMediaType(ct); format.IsFormat(mediaType) {
+			return nil, badEvent("datacontenttype", "Content-Type %s is a structured-mode event format, not the media type of binary-mode data", quote(ct))
+		}
+	}
+
+	msg := cehttp.NewMessage(ceHeader, io.NopCloser(bytes.NewReader(body)))
+	ev, err := binding.ToEvent(context.Background(), msg)
+	if err != nil {
+		return nil, sdkError(err)
+	}
+	if rerr := setBinaryData(ev); rerr != nil {
+		return nil, rerr
+	}
+	return finish(ev)
+}
+
+// setBinaryData chooses how the body of a binary-mode request is stored in
+// structured JSON: as JSON for a JSON media type (or none, which CloudEvents
+// reads as JSON), as a string for text, as data_base64 otherwise.
+func setBinaryData(ev *event.Event) *requestError {
+	data := ev.Data()
+	if len(data) == 0 {
+		return nil
+	}
+	mediaType := storedMediaType(ev)
+	switch {
+	case isJSONMediaType(mediaType):
+		trimmed := bytes.Trim(data, " \t\r\n")
+		if utf8.Valid(trimmed) && json.Valid(trimmed) {
+			ev.DataEncoded = trimmed
+			return nil
+		}
+		if mediaType == "" {
+			// No Content-Type: arbitrary bytes are legitimate data; keep
+			// them exactly.
+			ev.DataBase64 = true
+			return nil
+		}
+		return badEvent("data", "body is not valid JSON, as Content-Type %s says", quote(mediaType))
+	case isTextMediaType(mediaType) && utf8.Valid(data):
+		return nil
+	default:
+		ev.DataBase64 = true
+		return nil
+	}
+}
+
+// storedMediaType is the media type the SDK's JSON writer decides the data
+// representation by: datacontenttype without parameters, lower-cased.
+func storedMediaType(ev *event.Event) string {
+	ct := ev.DataContentType()
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	return strings.ToLower(strings.TrimSpace(ct))
+}
+
+// isJSONMediaType mirrors the SDK's notion of JSON data (event.isJSON): such
+// data is written into the structured form as raw JSON.
+func isJSONMediaType(mediaType string) bool {
+	switch mediaType {
+	case "", event.ApplicationJSON, event.TextJSON, event.ApplicationCloudEventsJSON, event.ApplicationCloudEventsBatchJSON:
+		return true
+	}
+	return false
+}
+
+func isTextMediaType(mediaType string) bool {
+	switch {
+	case strings.HasPrefix(mediaType, "text/"),
+		strings.HasSuffix(mediaType, "+json"), strings.HasSuffix(mediaType, "+xml"), strings.HasSuffix(mediaType, "+yaml"),
+		mediaType == "application/xml", mediaType == "application/yaml", mediaType == "application/x-yaml",
+		mediaType == "application/x-www-form-urlencoded":
+		return true
+	}
+	return false
+}
+
+// sdkError turns an error of the SDK's decoder into a 400, naming the
+// attribute when the SDK says which.
+func sdkError(err error) *requestError {
+	var verr event.ValidationError
+	if errors.As(err, &verr) {
+		return validationError(verr)
+	}
+	return badEvent("", "malformed CloudEvent: %s", firstLine(err.Error()))
+}
+
+func validationError(verr event.ValidationError) *requestError {
+	fields := make([]string, 0, len(verr))
+	for field := range verr {
+		fields = append(fields, field)
+	}
+	slices.Sort(fields)
+	if len(fields) == 0 {
+		return badEvent("", "invalid CloudEvent")
+	}
+	field := fields[0]
+	return badEvent(field, "attribute %s is invalid: %s", field, firstLine(verr[field].Error()))
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
+	const maxLen = 300
+	if len(s) > maxLen {
+		s = s[:maxLen] + "…"
+	}
+	return s
+}
+
+// validateEvent checks an event built by the SDK against CloudEvents 1.0 and
+// Herald's own rules.
+func validateEvent(ev *event.Event) *requestError {
+	if ev.Context == nil {
+		return badEvent("specversion", "missing required attribute specversion")
+	}
+	if v := ev.SpecVersion(); v != specVersion {
+		return badEvent("specversion", "attribute specversion must be %q, got %s", specVersion, quote(v))
+	}
+	values := map[string]string{
+		"id":     ev.ID(),
+		"source": ev.Source(),
+		"type":   ev.Type(),
+	}
+	if s := ev.Subject(); s != "" {
+		values["subject"] = s
+	}
+	if ct := ev.DataContentType(); ct != "" {
+		values["datacontenttype"] = ct
+	}
+	if ds := ev.DataSchema(); ds != "" {
+		values["dataschema"] = ds
+	}
+	for _, name := range append(slices.Clone(requiredAttributes), optionalAttributes...) {
+		if value, ok := values[name]; ok {
+			if rerr := checkAttributeValue(name, value); rerr != nil {
+				return rerr
+			}
+		}
+	}
+	if err := ev.Validate(); err != nil {
+		var verr event.ValidationError
+		if errors.As(err, &verr) {
+			return validationError(verr)
+		}
+		return badEvent("", "invalid CloudEvent: %s", firstLine(err.Error()))
+	}
+	for name, value := range ev.Extensions() {
+		if rerr := checkExtensionName(name); rerr != nil {
+			return rerr
+		}
+		if s, ok := value.(string); ok {
+			if rerr := checkAttributeValue(name, s); rerr != nil {
+				return rerr
+			}
+		}
+	}
+	return nil
+}
+
+// finish validates a decoded event and computes its stored form, checking
+// that the stored form decodes to itself.
+func finish(ev *event.Event) (*decodedEvent, *requestError) {
+	if rerr := validateEvent(ev); rerr != nil {
+		return nil, rerr
+	}
+	payload, err := json.Marshal(ev)
+	if err != nil {
+		return nil, badEvent("", "event cannot be encoded as structured JSON: %s", firstLine(err.Error()))
+	}
+	if !utf8.Valid(payload) {
+		return nil, badEvent("", "event cannot be stored faithfully: its structured JSON form is not valid UTF-8")
+	}
+	again := event.New()
+	if err := format.JSON.Unmarshal(payload, &again); err != nil {
+		return nil, badEvent("", "event cannot be stored faithfully: its structured JSON form does not decode (%s)", firstLine(err.Error()))
+	}
+	if rerr := validateEvent(&again); rerr != nil {
+		rerr.message = "event cannot be stored faithfully: " + rerr.message
+		return nil, rerr
+	}
+	if againPayload, err := json.Marshal(&again); err != nil || !bytes.Equal(payload, againPayload) {
+		field := firstDifference(ev, &again)
+		return nil, badEvent(field, "event cannot be stored faithfully: attribute %s changes when its structured JSON form is decoded again", field)
+	}
+	return &decodedEvent{event: ev, payload: payload}, nil
+}
+
+// firstDifference names the first attribute in which two events differ, for
+// the error message of finish.
+func firstDifference(a, b *event.Event) string {
+	pairs := []struct {
+		name string
+		x, y string
+	}{
+		{"specversion", a.SpecVersion(), b.SpecVersion()},
+		{"id", a.ID(), b.ID()},
+		{"source", a.Source(), b.Source()},
+		{"type", a.Type(), b.Type()},
+		{"subject", a.Subject(), b.Subject()},
+		{"datacontenttype", a.DataContentType(), b.DataContentType()},
+		{"dataschema", a.DataSchema(), b.DataSchema()},
+		{"time", a.Time().String(), b.Time().String()},
+		{"data", string(a.Data()), string(b.Data())},
+	}
+	for _, p := range pairs {
+		if p.x != p.y {
+			return p.name
+		}
+	}
+	ea, eb := a.Extensions(), b.Extensions()
+	names := make([]string, 0, len(ea)+len(eb))
+	for name := range ea {
+		names = append(names, name)
+	}
+	for name := range eb {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		if fmt.Sprint(ea[name]) != fmt.Sprint(eb[name]) {
+			return name
+		}
+	}
+	return "data"
+}

@@ -1,0 +1,58 @@
+package router
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Values of the result label of herald_router_events_total.
+const (
+	// ResultRouted: at least one delivery was queued.
+	ResultRouted = "routed"
+	// ResultUnmatched: no Subscription (with an existing endpoint) matched.
+	ResultUnmatched = "unmatched"
+	// ResultInvalid: the stored event could not be decoded and was
+	// terminated. Ingest validates events, so this signals a bug.
+	ResultInvalid = "invalid"
+)
+
+type metrics struct {
+	events       *prometheus.CounterVec
+	filterErrors *prometheus.CounterVec
+	retries      prometheus.Counter
+	deliveries   prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_router_events_total",
+			Help: "Events processed by fan-out, by result: routed (at least one delivery queued), unmatched, invalid (undecodable, terminated).",
+		}, []string{"result"}),
+		filterErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_router_filter_errors_total",
+			Help: "Subscription filter evaluations that failed (counted as no match), by namespace.",
+		}, []string{"namespace"}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_router_retries_total",
+			Help: "Events whose fan-out failed to queue every delivery and will be retried.",
+		}),
+		deliveries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_router_deliveries_total",
+			Help: "Deliveries queued by fan-out (one per event per endpoint; retried fan-outs count again).",
+		}),
+	}
+	for _, r := range []string{ResultRouted, ResultUnmatched, ResultInvalid} {
+		m.events.WithLabelValues(r) // export zero values
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.events, m.filterErrors, m.retries, m.deliveries} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register router metrics (one Router per registry): %w", err)
+		}
+	}
+	return m, nil
+}

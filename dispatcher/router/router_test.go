@@ -1,0 +1,558 @@
+package router
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/herald-dev/herald/dispatcher/catalog"
+	"github.com/herald-dev/herald/dispatcher/queue"
+)
+
+const testTimeout = 30 * time.Second
+
+func testContext(t testing.TB) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func openQueue(t testing.TB) *queue.Queue {
+	t.Helper()
+	q, err := queue.Open(testContext(t), queue.Config{StoreDir: t.TempDir()}, logr.Discard())
+	if err != nil {
+		t.Fatalf("open queue: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := q.Close(); err != nil {
+			t.Errorf("close queue: %v", err)
+		}
+	})
+	return q
+}
+
+// fakeCatalog is an in-memory Catalog.
+type fakeCatalog struct {
+	mu        sync.Mutex
+	revision  uint64
+	subs      map[string][]*catalog.Subscription
+	endpoints map[string]*catalog.Endpoint
+}
+
+func newFakeCatalog() *fakeCatalog {
+	return &fakeCatalog{subs: map[string][]*catalog.Subscription{}, endpoints: map[string]*catalog.Endpoint{}}
+}
+
+func (c *fakeCatalog) addEndpoint(ns, name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.endpoints[ns+"/"+name] = &catalog.Endpoint{Namespace: ns, Name: name}
+}
+
+func (c *fakeCatalog) addSubscription(s *catalog.Subscription) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// Copy-on-write: returned slices are snapshots.
+	c.subs[s.Namespace] = append(slices.Clip(c.subs[s.Namespace]), s)
+	c.revision++
+}
+
+func (c *fakeCatalog) Subscriptions(ns string) ([]*catalog.Subscription, uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.subs[ns], c.revision
+}
+
+func (c *fakeCatalog) Endpoint(ns, name string) (*catalog.Endpoint, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.endpoints[ns+"/"+name]
+	return e, ok
+}
+
+// recordingReporter collects Matched calls.
+type recordingReporter struct {
+	mu      sync.Mutex
+	matched []string
+}
+
+func (r *recordingReporter) Matched(ns, sub string, _ time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.matched = append(r.matched, ns+"/"+sub)
+}
+
+func (r *recordingReporter) get() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := slices.Clone(r.matched)
+	slices.Sort(out)
+	return out
+}
+
+type testEvent struct {
+	ns, id, source, typ string
+	data                any
+}
+
+func (e testEvent) payload(t testing.TB) []byte {
+	t.Helper()
+	m := map[string]any{"specversion": "1.0", "id": e.id, "source": e.source, "type": e.typ}
+	if e.data != nil {
+		m["data"] = e.data
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func (e testEvent) header() queue.Header {
+	h := queue.Header{}
+	h.Set(queue.HeaderWebhookID, queue.WebhookID(e.ns, e.source, e.id))
+	h.Set(queue.HeaderEventKey, queue.EventDedupID(e.ns, e.source, e.id))
+	h.Set(queue.HeaderIngestedAt, "2026-01-02T03:04:05.000000006Z")
+	return h
+}
+
+func publishEvent(t testing.TB, q *queue.Queue, e testEvent) {
+	t.Helper()
+	if _, _, err := q.PublishEvent(testContext(t), e.ns, queue.EventDedupID(e.ns, e.source, e.id), e.payload(t), e.header()); err != nil {
+		t.Fatalf("publish event: %v", err)
+	}
+}
+
+func newTestRouter(t testing.TB, q Queue, cat Catalog, rep MatchReporter, mutate ...func(*Options)) (*Router, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	opts := Options{Reporter: rep, Registerer: reg, RetryDelay: 50 * time.Millisecond, Consumer: queue.ConsumerOptions{FetchWait: 200 * time.Millisecond}}
+	for _, m := range mutate {
+		m(&opts)
+	}
+	r, err := New(q, cat, logr.Discard(), opts)
+	if err != nil {
+		t.Fatalf("new router: %v", err)
+	}
+	return r, reg
+}
+
+// runRouter runs r until the test ends and returns a function that stops it
+// and waits for Run to return.
+func runRouter(t testing.TB, r *Router) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			case <-time.After(testTimeout):
+				t.Errorf("Run did not return within %s", testTimeout)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", within, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func pending(t testing.TB, q *queue.Queue, ns, ep string) uint64 {
+	t.Helper()
+	n, err := q.Pending(testContext(t), ns, ep)
+	if err != nil {
+		t.Fatalf("pending %s/%s: %v", ns, ep, err)
+	}
+	return n
+}
+
+// eventsLeft is how many events the router's consumer has not acknowledged.
+func eventsLeft(t testing.TB, q *queue.Queue) uint64 {
+	t.Helper()
+	c, err := q.EventConsumer(testContext(t), DefaultConsumerName, queue.ConsumerOptions{FetchWait: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := c.Pending(testContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// fetchDeliveries reads n deliveries of an endpoint (acknowledging them).
+func fetchDeliveries(t testing.TB, q *queue.Queue, ns, ep string, n int) []*queue.Message {
+	t.Helper()
+	ctx := testContext(t)
+	c, err := q.DeliveryConsumer(ctx, ns, ep, queue.ConsumerOptions{FetchWait: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []*queue.Message
+	deadline := time.Now().Add(5 * time.Second)
+	for len(got) < n && time.Now().Before(deadline) {
+		msgs, err := c.Fetch(ctx, n-len(got))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			if err := m.Ack(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got = append(got, msgs...)
+	}
+	if len(got) != n {
+		t.Fatalf("%s/%s: got %d deliveries, want %d", ns, ep, len(got), n)
+	}
+	return got
+}
+
+// waitProcessed waits until n events were settled (counted after their
+// acknowledgement or termination), then checks the event consumer holds
+// nothing more. The consumer's own pending count is not a signal to wait
+// for: right after a publish it can read 0 before the consumer has seen
+// the message.
+func waitProcessed(t testing.TB, reg *prometheus.Registry, q *queue.Queue, n int) {
+	t.Helper()
+	total := func() float64 {
+		var sum float64
+		for _, r := range []string{ResultRouted, ResultUnmatched, ResultInvalid} {
+			sum += counterValue(t, reg, "herald_router_events_total", map[string]string{"result": r})
+		}
+		return sum
+	}
+	eventually(t, 10*time.Second, fmt.Sprintf("%d events processed", n), func() bool { return total() >= float64(n) })
+	if got := total(); got != float64(n) {
+		t.Errorf("%v events processed, want %d", got, n)
+	}
+	if left := eventsLeft(t, q); left != 0 {
+		t.Errorf("%d events left unacknowledged", left)
+	}
+}
+
+func counterValue(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			if labelsMatch(m, labels) {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+func labelsMatch(m *dto.Metric, labels map[string]string) bool {
+	if len(m.GetLabel()) != len(labels) {
+		return false
+	}
+	for _, l := range m.GetLabel() {
+		if labels[l.GetName()] != l.GetValue() {
+			return false
+		}
+	}
+	return true
+}
+
+func TestTwoSubscriptionsOneEndpointOneDelivery(t *testing.T) {
+	q := openQueue(t)
+	cat := newFakeCatalog()
+	cat.addEndpoint("shop", "billing")
+	cat.addEndpoint("shop", "audit")
+	cat.addSubscription(&catalog.Subscription{Namespace: "shop", Name: "orders", Endpoint: "billing", Types: []string{"order.*"}})
+	cat.addSubscription(&catalog.Subscription{Namespace: "shop", Name: "big-orders", Endpoint: "billing", Types: []string{"order.created"},
+		Filter: mustFilter(t, `data.total > 100`)})
+	cat.addSubscription(&catalog.Subscription{Namespace: "shop", Name: "everything", Endpoint: "audit", Types: []string{"*"}})
+	cat.addSubscription(&catalog.Subscription{Namespace: "shop", Name: "orphan", Endpoint: "missing", Types: []string{"*"}})
+	cat.addSubscription(&catalog.Subscription{Namespace: "shop", Name: "other-source", Endpoint: "audit", Types: []string{"*"}, Sources: []string{"/crm/*"}})
+	rep := &recordingReporter{}
+	r, reg := newTestRouter(t, q, cat, rep)
+	runRouter(t, r)
+
+	ev := testEvent{ns: "shop", id: "o-1", source: "/shop/orders", typ: "order.created", data: map[string]any{"total": 250}}
+	publishEvent(t, q, ev)
+	waitProcessed(t, reg, q, 1)
+
+	if got := pending(t, q, "shop", "billing"); got != 1 {
+		t.Errorf("billing has %d deliveries, want 1 (two Subscriptions, one delivery)", got)
+	}
+	if got := pending(t, q, "shop", "audit"); got != 1 {
+		t.Errorf("audit has %d deliveries, want 1", got)
+	}
+	if got := pending(t, q, "shop", "missing"); got != 0 {
+		t.Errorf("endpoint missing from the catalog got %d deliveries", got)
+	}
+
+	m := fetchDeliveries(t, q, "shop", "billing", 1)[0]
+	if string(m.Data) != string(ev.payload(t)) {
+		t.Errorf("delivery payload %s, want the event %s", m.Data, ev.payload(t))
+	}
+	wantHeader := ev.header()
+	for _, h := range []string{queue.HeaderWebhookID, queue.HeaderEventKey, queue.HeaderIngestedAt} {
+		if got, want := m.Header.Get(h), wantHeader.Get(h); got != want {
+			t.Errorf("header %s = %q, want %q", h, got, want)
+		}
+	}
+	if got := m.Header.Get(queue.HeaderSubscriptions); got != "big-orders,orders" {
+		t.Errorf("header %s = %q, want sorted matched Subscriptions %q", queue.HeaderSubscriptions, got, "big-orders,orders")
+	}
+	if m.DedupID != queue.DeliveryDedupID(wantHeader.Get(queue.HeaderEventKey), "shop", "billing") {
+		t.Errorf("delivery dedup id %q is not DeliveryDedupID", m.DedupID)
+	}
+	eventually(t, 5*time.Second, "matches reported", func() bool { return len(rep.get()) == 3 })
+	if got, want := rep.get(), []string{"shop/big-orders", "shop/everything", "shop/orders"}; !slices.Equal(got, want) {
+		t.Errorf("reported matches %v, want %v", got, want)
+	}
+	if got := counterValue(t, reg, "herald_router_events_total", map[string]string{"result": ResultRouted}); got != 1 {
+		t.Errorf("routed events = %v, want 1", got)
+	}
+}
+
+func TestNamespaceIsolation(t *testing.T) {
+	q := openQueue(t)
+	cat := newFakeCatalog()
+	for _, ns := range []string{"team-a", "team-b"} {
+		cat.addEndpoint(ns, "hook")
+		cat.addSubscription(&catalog.Subscription{Namespace: ns, Name: "all", Endpoint: "hook", Types: []string{"*"}})
+	}
+	r, reg := newTestRouter(t, q, cat, nil)
+	runRouter(t, r)
+
+	publishEvent(t, q, testEvent{ns: "team-a", id: "1", source: "/a", typ: "x.y"})
+	publishEvent(t, q, testEvent{ns: "team-c", id: "1", source: "/c", typ: "x.y"})
+	waitProcessed(t, reg, q, 2)
+
+	if got := pending(t, q, "team-a", "hook"); got != 1 {
+		t.Errorf("team-a/hook has %d deliveries, want 1", got)
+	}
+	if got := pending(t, q, "team-b", "hook"); got != 0 {
+		t.Errorf("team-b/hook has %d deliveries for an event published in team-a", got)
+	}
+	if got := counterValue(t, reg, "herald_router_events_total", map[string]string{"result": ResultUnmatched}); got != 1 {
+		t.Errorf("unmatched events = %v, want 1 (team-c has no Subscriptions)", got)
+	}
+}
+
+// TestFanOutResumesAfterCrash: a router that crashed after queueing some of
+// an event's deliveries left them in the queue and the event unacknowledged.
+// The next fan-out of the event must complete the rest without duplicating
+// what was queued.
+func TestFanOutResumesAfterCrash(t *testing.T) {
+	q := openQueue(t)
+	cat := newFakeCatalog()
+	endpoints := []string{"ep-1", "ep-2", "ep-3", "ep-4", "ep-5"}
+	for _, ep := range endpoints {
+		cat.addEndpoint("ns", ep)
+		cat.addSubscription(&catalog.Subscription{Namespace: "ns", Name: "sub-" + ep, Endpoint: ep, Types: []string{"order.*"}})
+	}
+	ev := testEvent{ns: "ns", id: "crash-1", source: "/s", typ: "order.created"}
+	publishEvent(t, q, ev)
+
+	// What the crashed router had done: two deliveries queued, no ack.
+	ctx := testContext(t)
+	eventKey := ev.header().Get(queue.HeaderEventKey)
+	for _, ep := range endpoints[:2] {
+		h := ev.header()
+		h.Set(queue.HeaderSubscriptions, "sub-"+ep)
+		if _, _, err := q.PublishDelivery(ctx, "ns", ep, queue.DeliveryDedupID(eventKey, "ns", ep), ev.payload(t), h); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	r, reg := newTestRouter(t, q, cat, nil)
+	runRouter(t, r)
+	waitProcessed(t, reg, q, 1)
+	// Re-running the fan-out once more (a second redelivery) changes nothing.
+	if _, err := r.fanOut(ctx, "ns", ev.payload(t), ev.header()); err != nil {
+		t.Fatal(err)
+	}
+	for _, ep := range endpoints {
+		if got := pending(t, q, "ns", ep); got != 1 {
+			t.Errorf("%s has %d deliveries, want exactly 1", ep, got)
+		}
+	}
+}
+
+// flakyQueue fails one delivery publish, like a router losing its
+// connection in the middle of a fan-out.
+type flakyQueue struct {
+	*queue.Queue
+	calls  atomic.Int64
+	failAt int64
+}
+
+func (f *flakyQueue) PublishDelivery(ctx context.Context, ns, ep, dedupID string, payload []byte, h queue.Header) (uint64, bool, error) {
+	if f.calls.Add(1) == f.failAt {
+		return 0, false, errors.New("injected publish failure")
+	}
+	return f.Queue.PublishDelivery(ctx, ns, ep, dedupID, payload, h)
+}
+
+func TestFailedFanOutIsRetriedWithoutDuplicates(t *testing.T) {
+	q := openQueue(t)
+	cat := newFakeCatalog()
+	var endpoints []string
+	for i := range 5 {
+		ep := fmt.Sprintf("ep-%d", i)
+		endpoints = append(endpoints, ep)
+		cat.addEndpoint("ns", ep)
+		cat.addSubscription(&catalog.Subscription{Namespace: "ns", Name: "sub-" + ep, Endpoint: ep, Types: []string{"*"}})
+	}
+	rep := &recordingReporter{}
+	flaky := &flakyQueue{Queue: q, failAt: 3}
+	r, reg := newTestRouter(t, flaky, cat, rep, func(o *Options) { o.Publishers = 1 })
+	runRouter(t, r)
+
+	publishEvent(t, q, testEvent{ns: "ns", id: "1", source: "/s", typ: "a.b"})
+	waitProcessed(t, reg, q, 1)
+	for _, ep := range endpoints {
+		if got := pending(t, q, "ns", ep); got != 1 {
+			t.Errorf("%s has %d deliveries, want exactly 1", ep, got)
+		}
+	}
+	if got := len(rep.get()); got != len(endpoints) {
+		t.Errorf("reported %d matches, want %d: a retried fan-out reports once", got, len(endpoints))
+	}
+	if got := counterValue(t, reg, "herald_router_retries_total", nil); got != 1 {
+		t.Errorf("retries = %v, want 1", got)
+	}
+	if got := counterValue(t, reg, "herald_router_events_total", map[string]string{"result": ResultRouted}); got != 1 {
+		t.Errorf("routed events = %v, want 1", got)
+	}
+}
+
+func TestInvalidEventIsTerminated(t *testing.T) {
+	q := openQueue(t)
+	cat := newFakeCatalog()
+	cat.addEndpoint("ns", "ep")
+	cat.addSubscription(&catalog.Subscription{Namespace: "ns", Name: "all", Endpoint: "ep", Types: []string{"*"}})
+	r, reg := newTestRouter(t, q, cat, nil)
+	runRouter(t, r)
+
+	if _, _, err := q.PublishEvent(testContext(t), "ns", "garbage-1", []byte(`{"id":`), nil); err != nil {
+		t.Fatal(err)
+	}
+	waitProcessed(t, reg, q, 1)
+	if got := counterValue(t, reg, "herald_router_events_total", map[string]string{"result": ResultInvalid}); got != 1 {
+		t.Errorf("invalid events = %v, want 1", got)
+	}
+	if got := pending(t, q, "ns", "ep"); got != 0 {
+		t.Errorf("invalid event produced %d deliveries", got)
+	}
+}
+
+// blockingQueue holds delivery publishes until released.
+type blockingQueue struct {
+	*queue.Queue
+	started chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (b *blockingQueue) PublishDelivery(ctx context.Context, ns, ep, dedupID string, payload []byte, h queue.Header) (uint64, bool, error) {
+	b.once.Do(func() { close(b.started) })
+	select {
+	case <-b.release:
+	case <-ctx.Done():
+		return 0, false, ctx.Err()
+	}
+	return b.Queue.PublishDelivery(ctx, ns, ep, dedupID, payload, h)
+}
+
+func TestRunFinishesInFlightEventOnShutdown(t *testing.T) {
+	q := openQueue(t)
+	cat := newFakeCatalog()
+	cat.addEndpoint("ns", "ep")
+	cat.addSubscription(&catalog.Subscription{Namespace: "ns", Name: "all", Endpoint: "ep", Types: []string{"*"}})
+	bq := &blockingQueue{Queue: q, started: make(chan struct{}), release: make(chan struct{})}
+	r, _ := newTestRouter(t, bq, cat, nil)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+
+	publishEvent(t, q, testEvent{ns: "ns", id: "1", source: "/s", typ: "a"})
+	select {
+	case <-bq.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("fan-out did not start")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned (%v) while an event was in flight", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(bq.release)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after the in-flight event finished")
+	}
+	if got := pending(t, q, "ns", "ep"); got != 1 {
+		t.Errorf("ep has %d deliveries, want 1", got)
+	}
+	if got := eventsLeft(t, q); got != 0 {
+		t.Errorf("%d events unacknowledged after a graceful stop", got)
+	}
+}
+
+func TestIndexFollowsCatalogRevision(t *testing.T) {
+	cat := newFakeCatalog()
+	cat.addEndpoint("ns", "ep")
+	r, reg := newTestRouter(t, nil, cat, nil)
+	ev := mustEvent(t, `{"specversion":"1.0","id":"1","source":"/s","type":"order.created","data":{}}`)
+	if got := r.Match("ns", ev); len(got) != 0 {
+		t.Fatalf("matched %v with no Subscriptions", names(got))
+	}
+	cat.addSubscription(&catalog.Subscription{Namespace: "ns", Name: "orders", Endpoint: "ep", Types: []string{"order.*"}})
+	if got := names(r.Match("ns", ev)); !slices.Equal(got, []string{"orders"}) {
+		t.Fatalf("after adding a Subscription matched %v", got)
+	}
+	cat.addSubscription(&catalog.Subscription{Namespace: "ns", Name: "broken", Endpoint: "ep", Types: []string{"*"}, Filter: mustFilter(t, `data.missing == 1`)})
+	if got := names(r.Match("ns", ev)); !slices.Equal(got, []string{"orders"}) {
+		t.Fatalf("matched %v", got)
+	}
+	if got := counterValue(t, reg, "herald_router_filter_errors_total", map[string]string{"namespace": "ns"}); got != 1 {
+		t.Errorf("filter errors = %v, want 1", got)
+	}
+}
