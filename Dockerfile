@@ -15,7 +15,7 @@ COPY cmd/ cmd/
 
 ENV CGO_ENABLED=0 GOOS=${TARGETOS:-linux} GOARCH=${TARGETARCH}
 RUN go build -trimpath -ldflags="-s -w" -o /out/manager ./cmd/manager && \
-    if [ -d cmd/dispatcher ]; then go build -trimpath -ldflags="-s -w" -o /out/dispatcher ./cmd/dispatcher; fi
+    go build -trimpath -ldflags="-s -w" -o /out/dispatcher ./cmd/dispatcher
 
 FROM gcr.io/distroless/static:nonroot
 WORKDIR /
