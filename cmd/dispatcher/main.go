@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"go.uber.org/zap/zapcore"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/kubernetes"
@@ -56,6 +57,7 @@ type options struct {
 	drainTimeout   time.Duration
 	statusInterval time.Duration
 	podName        string
+	logLevel       string
 }
 
 func main() {
@@ -75,9 +77,18 @@ func main() {
 	flag.DurationVar(&o.drainTimeout, "drain-timeout", 45*time.Second, "How long shutdown waits for in-flight deliveries.")
 	flag.DurationVar(&o.statusInterval, "status-interval", 5*time.Second, "How often delivery health is written to status (at most once per object per interval).")
 	flag.StringVar(&o.podName, "pod-name", os.Getenv("POD_NAME"), "Name of this replica (defaults to $POD_NAME, else the host name).")
+	flag.StringVar(&o.logLevel, "log-level", "info", "Log level: debug, info, warn or error.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
+	level, err := zapcore.ParseLevel(o.logLevel)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "--log-level: %v\n", err)
+		os.Exit(2)
+	}
+	if zapOpts.Level == nil {
+		zapOpts.Level = level
+	}
 
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	if err := run(ctrl.SetupSignalHandler(), o); err != nil {

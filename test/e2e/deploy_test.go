@@ -149,3 +149,23 @@ func TestDockerfileBuildsStaticBinaries(t *testing.T) {
 		_ = f.Close()
 	}
 }
+
+// TestDispatcherAcceptsTheManagersArguments runs the real dispatcher binary
+// with the arguments the manager puts in its Deployment (both queue modes):
+// every flag must exist, or the pod would crash-loop in a cluster.
+func TestDispatcherAcceptsTheManagersArguments(t *testing.T) {
+	for _, natsURL := range []string{"", "nats://nats:4222"} {
+		g := NewWithT(t)
+		cfg := controllers.DefaultDispatcherConfig()
+		cfg.NATSURL = natsURL
+		cfg.AllowedCIDRs = []string{"10.0.0.0/8"}
+		cfg.LogLevel = "warn"
+		c := controllers.DispatcherDeployment(cfg).Spec.Template.Spec.Containers[0]
+		g.Expect(c.Command).To(Equal([]string{"/dispatcher"}))
+		// -h after every argument: flag parsing reaches it only when all
+		// the arguments before it are defined and valid.
+		out, err := exec.Command(herald.Bins.Dispatcher, append(append([]string{}, c.Args...), "-h")...).CombinedOutput()
+		g.Expect(err).NotTo(HaveOccurred(), "dispatcher %v: %s", c.Args, out)
+		g.Expect(string(out)).NotTo(ContainSubstring("flag provided but not defined"))
+	}
+}
