@@ -66,8 +66,8 @@ test: verify-generated vet envtest ## Run all tests with the race detector, envt
 ##@ Build
 
 .PHONY: build
-build: ## Build the manager binary into bin/.
-	CGO_ENABLED=0 go build -trimpath -o $(LOCALBIN)/manager ./cmd/manager
+build: ## Build the manager and dispatcher binaries into bin/.
+	CGO_ENABLED=0 go build -trimpath -o $(LOCALBIN)/ ./cmd/manager ./cmd/dispatcher
 
 .PHONY: run
 run: manifests generate ## Run the manager against the cluster in ~/.kube/config (or $$KUBECONFIG).
