@@ -4,12 +4,18 @@ import (
 	"context"
 	"fmt"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 )
@@ -106,9 +112,38 @@ func managerConditions(existing []metav1.Condition, generation int64, ready meta
 	return out
 }
 
-// readyChanged tells whether the Ready condition's status or reason differs,
-// which is when an Event is recorded.
-func readyChanged(existing []metav1.Condition, ready metav1.Condition) bool {
+// recordReadyTransition records an Event when the Ready condition's status
+// or reason changes: Warning when it turns False, Normal otherwise.
+func recordReadyTransition(rec recorder.EventRecorder, obj runtime.Object, existing []metav1.Condition, ready metav1.Condition) {
 	old := meta.FindStatusCondition(existing, heraldv1.ReadyCondition)
-	return old == nil || old.Status != ready.Status || old.Reason != ready.Reason
+	if old != nil && old.Status == ready.Status && old.Reason == ready.Reason {
+		return
+	}
+	eventType := corev1.EventTypeNormal
+	if ready.Status == metav1.ConditionFalse {
+		eventType = corev1.EventTypeWarning
+	}
+	rec.Eventf(obj, nil, eventType, ready.Reason, "Reconcile", "%s", ready.Message)
+}
+
+// requestsForIndex returns a map function enqueueing the objects of the
+// list type whose field index holds the name of the object that changed,
+// in its namespace (a Secret → its endpoints, an endpoint → its
+// Subscriptions).
+func requestsForIndex(c client.Client, newList func() client.ObjectList, index string) handler.MapFunc {
+	return func(ctx context.Context, o client.Object) []reconcile.Request {
+		list := newList()
+		if err := c.List(ctx, list, client.InNamespace(o.GetNamespace()), client.MatchingFields{index: o.GetName()}); err != nil {
+			ctrl.LoggerFrom(ctx).Error(err, "List objects to reconcile", "index", index, "trigger", klog.KObj(o))
+			return nil
+		}
+		var reqs []reconcile.Request
+		_ = meta.EachListItem(list, func(item runtime.Object) error {
+			if obj, ok := item.(client.Object); ok {
+				reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(obj)})
+			}
+			return nil
+		})
+		return reqs
+	}
 }

@@ -5,18 +5,15 @@ import (
 	"errors"
 	"fmt"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	"github.com/herald-dev/herald/api/filter"
@@ -114,13 +111,7 @@ func (r *SubscriptionReconciler) patchStatus(ctx context.Context, sub *heraldv1.
 	if err := applyStatus(ctx, r.Client, heraldv1.GroupVersion.WithKind("Subscription"), client.ObjectKeyFromObject(sub), m); err != nil {
 		return err
 	}
-	if readyChanged(sub.Status.Conditions, ready) {
-		eventType := corev1.EventTypeNormal
-		if ready.Status == metav1.ConditionFalse {
-			eventType = corev1.EventTypeWarning
-		}
-		r.Recorder.Eventf(sub, nil, eventType, ready.Reason, "Reconcile", "%s", ready.Message)
-	}
+	recordReadyTransition(r.Recorder, sub, sub.Status.Conditions, ready)
 	return nil
 }
 
@@ -134,7 +125,8 @@ func (r *SubscriptionReconciler) SetupWithManager(ctx context.Context, mgr ctrl.
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&heraldv1.Subscription{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Watches(&heraldv1.WebhookEndpoint{}, handler.EnqueueRequestsFromMapFunc(r.subscriptionsForEndpoint),
+		Watches(&heraldv1.WebhookEndpoint{}, handler.EnqueueRequestsFromMapFunc(
+			requestsForIndex(r.Client, func() client.ObjectList { return &heraldv1.SubscriptionList{} }, subscriptionEndpointIndex)),
 			builder.WithPredicates(endpointReadinessChanged())).
 		Named("subscription").
 		Complete(r)
@@ -161,17 +153,4 @@ func readyKey(o client.Object) string {
 		return fmt.Sprintf("%d", ep.Generation)
 	}
 	return fmt.Sprintf("%d/%s/%s/%d/%s", ep.Generation, c.Status, c.Reason, c.ObservedGeneration, c.Message)
-}
-
-func (r *SubscriptionReconciler) subscriptionsForEndpoint(ctx context.Context, o client.Object) []reconcile.Request {
-	list := &heraldv1.SubscriptionList{}
-	if err := r.Client.List(ctx, list, client.InNamespace(o.GetNamespace()), client.MatchingFields{subscriptionEndpointIndex: o.GetName()}); err != nil {
-		ctrl.LoggerFrom(ctx).Error(err, "List Subscriptions of endpoint", "webhookEndpoint", klog.KObj(o))
-		return nil
-	}
-	reqs := make([]reconcile.Request, 0, len(list.Items))
-	for _, s := range list.Items {
-		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&s)})
-	}
-	return reqs
 }

@@ -23,7 +23,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
@@ -140,12 +139,8 @@ func (r *WebhookEndpointReconciler) patchStatus(ctx context.Context, ep *heraldv
 	if err := applyStatus(ctx, r.Client, heraldv1.GroupVersion.WithKind("WebhookEndpoint"), client.ObjectKeyFromObject(ep), m); err != nil {
 		return err
 	}
-	if reconciling == nil && readyChanged(ep.Status.Conditions, ready) {
-		eventType := corev1.EventTypeNormal
-		if ready.Status == metav1.ConditionFalse {
-			eventType = corev1.EventTypeWarning
-		}
-		r.Recorder.Eventf(ep, nil, eventType, ready.Reason, "Reconcile", "%s", ready.Message)
+	if reconciling == nil {
+		recordReadyTransition(r.Recorder, ep, ep.Status.Conditions, ready)
 	}
 	return nil
 }
@@ -603,21 +598,8 @@ func (r *WebhookEndpointReconciler) SetupWithManager(ctx context.Context, mgr ct
 		For(&heraldv1.WebhookEndpoint{}, builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Owns(&corev1.Secret{}, builder.OnlyMetadata).
-		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.endpointsForSecret), builder.OnlyMetadata).
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(
+			requestsForIndex(r.Client, func() client.ObjectList { return &heraldv1.WebhookEndpointList{} }, endpointSecretIndex)), builder.OnlyMetadata).
 		Named("webhookendpoint").
 		Complete(r)
-}
-
-// endpointsForSecret maps a user Secret to the endpoints that reference it.
-func (r *WebhookEndpointReconciler) endpointsForSecret(ctx context.Context, o client.Object) []reconcile.Request {
-	list := &heraldv1.WebhookEndpointList{}
-	if err := r.Client.List(ctx, list, client.InNamespace(o.GetNamespace()), client.MatchingFields{endpointSecretIndex: o.GetName()}); err != nil {
-		ctrl.LoggerFrom(ctx).Error(err, "List WebhookEndpoints referencing Secret", "secret", klog.KObj(o))
-		return nil
-	}
-	reqs := make([]reconcile.Request, 0, len(list.Items))
-	for _, ep := range list.Items {
-		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&ep)})
-	}
-	return reqs
 }
