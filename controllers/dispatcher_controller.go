@@ -57,12 +57,9 @@ import (
 // +kubebuilder:rbac:groups=herald.dev,resources=webhookendpoints;subscriptions,verbs=get;list;watch
 // +kubebuilder:rbac:groups=herald.dev,resources=webhookendpoints/status;subscriptions/status,verbs=get;patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
-// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
 // +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
-// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update
 
 // DispatcherReconciler keeps the dispatcher's ServiceAccount, RBAC, Service,
 // storage and Deployment as DispatcherObjects describes them, and puts them

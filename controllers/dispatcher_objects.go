@@ -499,19 +499,6 @@ func DispatcherClusterRole(_ DispatcherConfig) *rbacv1.ClusterRole {
 				Resources: []string{"secrets"},
 				Verbs:     []string{"get", "list", "watch"},
 			},
-			// Events on endpoints (circuit opened, endpoint gone, ...),
-			// through both the core and the events.k8s.io API so either
-			// recorder works; patch aggregates repeated events.
-			{
-				APIGroups: []string{""},
-				Resources: []string{"events"},
-				Verbs:     []string{"create", "patch"},
-			},
-			{
-				APIGroups: []string{"events.k8s.io"},
-				Resources: []string{"events"},
-				Verbs:     []string{"create", "patch"},
-			},
 			// Ingest answers 404 for events published to a namespace that
 			// does not exist (a cached GET per namespace).
 			{
@@ -532,14 +519,9 @@ func DispatcherClusterRole(_ DispatcherConfig) *rbacv1.ClusterRole {
 				Resources: []string{"subjectaccessreviews"},
 				Verbs:     []string{"create"},
 			},
-			// With several replicas, a Lease elects the single writer of
-			// each endpoint's delivery health, so replicas do not fight over
-			// status.
-			{
-				APIGroups: []string{"coordination.k8s.io"},
-				Resources: []string{"leases"},
-				Verbs:     []string{"get", "list", "watch", "create", "update"},
-			},
+			// No Events (the dispatcher reports through status) and no
+			// Leases: with several replicas the single status writer holds
+			// a lease in a JetStream KeyValue bucket (dispatcher/health).
 		},
 	}
 }

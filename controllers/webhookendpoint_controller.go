@@ -50,6 +50,10 @@ type WebhookEndpointReconciler struct {
 
 // +kubebuilder:rbac:groups=herald.dev,resources=webhookendpoints,verbs=get;list;watch
 // +kubebuilder:rbac:groups=herald.dev,resources=webhookendpoints/status,verbs=get;patch
+// The managed Secret's owner reference sets blockOwnerDeletion, which API
+// servers enforcing owner-reference permissions allow only to those who may
+// set the owner's finalizers.
+// +kubebuilder:rbac:groups=herald.dev,resources=webhookendpoints/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
@@ -393,6 +397,12 @@ func (r *WebhookEndpointReconciler) reconcileManagedSecret(ctx context.Context, 
 	}
 	if err := applyObject(ctx, r.Client, secret); err != nil {
 		return nil, 0, err
+	}
+	if existing == nil && src.signingKey == "" && ep.Status.Signing != nil && ep.Status.Signing.CurrentKeySince != nil {
+		// The endpoint had a generated key, so its managed Secret was
+		// deleted: the old key is gone and cannot overlap with the new one.
+		r.Recorder.Eventf(ep, nil, corev1.EventTypeWarning, "SigningKeyRegenerated", "Reconcile",
+			"Managed Secret %s was deleted; a new signing key was generated without overlap: update receivers with the new key", name)
 	}
 	if rotated {
 		r.Recorder.Eventf(ep, nil, corev1.EventTypeNormal, "SigningKeyRotated", "Rotate",

@@ -117,6 +117,24 @@ func TestEndpointGeneratesSigningSecret(t *testing.T) {
 	waitEndpointReady(t, client.ObjectKeyFromObject(ep), metav1.ConditionTrue, heraldv1.ReconciledReason)
 	g.Expect(string(managedSecret(g, ns, "orders").Data[heraldv1.SigningSecretKey])).To(Equal(secret))
 
+	// Deleting the managed Secret regenerates a key (the old one is gone)
+	// and says so with a Warning Event.
+	g.Expect(k8sClient.Delete(ctx, managedSecret(g, ns, "orders"))).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		s := managedSecret(g, ns, "orders")
+		g.Expect(string(s.Data[heraldv1.SigningSecretKey])).To(HavePrefix("whsec_"))
+		g.Expect(string(s.Data[heraldv1.SigningSecretKey])).NotTo(Equal(secret))
+		list := &eventsv1.EventList{}
+		g.Expect(k8sClient.List(ctx, list, client.InNamespace(ns))).To(Succeed())
+		var reasons []string
+		for _, e := range list.Items {
+			if e.Regarding.Name == "orders" && e.Type == corev1.EventTypeWarning {
+				reasons = append(reasons, e.Reason)
+			}
+		}
+		g.Expect(reasons).To(ContainElement("SigningKeyRegenerated"))
+	}, waitTimeout, pollEvery).Should(Succeed())
+
 	// An Ed25519 endpoint exposes its public key, never the private one.
 	ed := endpoint(ns, "ed", func(e *heraldv1.WebhookEndpoint) {
 		e.Spec.Signing = &heraldv1.SigningSpec{Algorithm: heraldv1.Ed25519}

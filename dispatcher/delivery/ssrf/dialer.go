@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -88,6 +89,12 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	var addrs []netip.Addr
 	if ip, err := netip.ParseAddr(host); err == nil {
 		addrs = []netip.Addr{ip}
+	} else if ip, ok := parseNumericIPv4(host); ok {
+		// "2130706433", "0x7f000001", "0177.0.0.1", "127.1": browsers,
+		// curl and glibc read these as IPv4 addresses; checked as the
+		// address they denote rather than handed to DNS, whose answer for
+		// them is anybody's guess.
+		addrs = []netip.Addr{ip}
 	} else {
 		addrs, err = d.lookup(ctx, host)
 		if err != nil {
@@ -167,4 +174,80 @@ func partialDeadline(ctx context.Context, remaining int) (context.Context, conte
 		share = min(minShare, time.Until(deadline))
 	}
 	return context.WithTimeout(ctx, share)
+}
+
+// parseNumericIPv4 reads the IPv4 forms inet_aton(3) and the WHATWG URL
+// standard accept besides the dotted quad: one to four parts, each decimal,
+// octal (leading 0) or hexadecimal (leading 0x), the last part filling the
+// remaining bytes ("127.1" is 127.0.0.1, "2130706433" and "0x7f000001" are
+// 127.0.0.1, "0177.0.0.1" is 127.0.0.1), with one optional trailing dot. It
+// reports false for anything else, which is then a host name.
+func parseNumericIPv4(host string) (netip.Addr, bool) {
+	host = strings.TrimSuffix(host, ".")
+	if host == "" {
+		return netip.Addr{}, false
+	}
+	parts := strings.Split(host, ".")
+	if len(parts) > 4 {
+		return netip.Addr{}, false
+	}
+	var value uint64
+	for i, p := range parts {
+		n, ok := parseNumericPart(p)
+		if !ok {
+			return netip.Addr{}, false
+		}
+		if i < len(parts)-1 {
+			if n > 0xff {
+				return netip.Addr{}, false
+			}
+			value |= n << (8 * (3 - i))
+			continue
+		}
+		// The last part fills the bytes the others left.
+		if n >= 1<<(8*(4-i)) {
+			return netip.Addr{}, false
+		}
+		value |= n
+	}
+	return netip.AddrFrom4([4]byte{byte(value >> 24), byte(value >> 16), byte(value >> 8), byte(value)}), true
+}
+
+// parseNumericPart reads one part of a numeric IPv4 form; values above
+// 2^32 are refused without overflowing.
+func parseNumericPart(p string) (uint64, bool) {
+	base := uint64(10)
+	switch {
+	case len(p) >= 2 && p[0] == '0' && (p[1] == 'x' || p[1] == 'X'):
+		base, p = 16, p[2:]
+		if p == "" {
+			return 0, true // "0x" is 0, as in the WHATWG URL standard
+		}
+	case len(p) >= 2 && p[0] == '0':
+		base, p = 8, p[1:]
+	case p == "":
+		return 0, false
+	}
+	var n uint64
+	for i := 0; i < len(p); i++ {
+		var d uint64
+		switch c := p[i]; {
+		case '0' <= c && c <= '9':
+			d = uint64(c - '0')
+		case 'a' <= c && c <= 'f':
+			d = uint64(c-'a') + 10
+		case 'A' <= c && c <= 'F':
+			d = uint64(c-'A') + 10
+		default:
+			return 0, false
+		}
+		if d >= base {
+			return 0, false
+		}
+		n = n*base + d
+		if n > 0xffffffff {
+			return 0, false
+		}
+	}
+	return n, true
 }
