@@ -328,8 +328,6 @@ type testPKI struct {
 	otherClientCertPEM     []byte
 	otherClientKeyPEM      []byte
 	otherCAPEM             []byte
-	serverNames            []string
-	serverIPs              []net.IP
 	caKey                  *ecdsa.PrivateKey
 	caCert                 *x509.Certificate
 	serial                 int64

@@ -200,7 +200,7 @@ func statusFieldOwners(obj metav1.Object, field string) []string {
 		if mf.Subresource != "status" || mf.FieldsV1 == nil {
 			continue
 		}
-		if containsField(string(mf.FieldsV1.Raw), field) {
+		if containsField(mf.FieldsV1.GetRawString(), field) {
 			owners = append(owners, mf.Manager)
 		}
 	}

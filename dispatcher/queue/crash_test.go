@@ -109,7 +109,7 @@ func TestKillChild(t *testing.T) {
 			fmt.Fprintln(os.Stderr, "child: publish:", err)
 			os.Exit(2)
 		}
-		fmt.Fprintln(out, "acked", id)
+		_, _ = fmt.Fprintln(out, "acked", id)
 		if err := out.Flush(); err != nil {
 			os.Exit(2)
 		}
