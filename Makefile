@@ -102,3 +102,27 @@ $(GOLANGCI_LINT):
 .PHONY: demo
 demo: envtest ## Run Herald end to end on a local control plane (DEMO_KEEP=1 keeps it running).
 	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go run ./hack/demo
+
+##@ Benchmarks
+
+BENCH_OUT ?= bench-results
+BENCH_COUNT ?= 6
+BENCH_MICRO_PKGS ?= ./dispatcher/signature ./dispatcher/router ./test/bench
+
+.PHONY: bench
+bench: envtest ## Run the benchmark harness on a local control plane (BENCH_SCENARIOS=fanout1,… subset, BENCH_QUICK=1 smoke run); results in bench-results/.
+	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go run ./test/bench/cmd/bench -out $(BENCH_OUT)
+
+.PHONY: bench-micro
+bench-micro: ## Run the micro-benchmarks (signing, matching, fan-out path) 6 times into bench-results/micro.txt, for benchstat.
+	@mkdir -p $(BENCH_OUT)
+	go test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) $(BENCH_MICRO_PKGS) | tee $(BENCH_OUT)/micro.txt
+
+##@ Fuzzing
+
+FUZZ_TIME ?= 30s
+FUZZ_MATCH ?= .
+
+.PHONY: fuzz
+fuzz: envtest ## Run every Go fuzz target for FUZZ_TIME (default 30s) each and summarise; FUZZ_MATCH=<regexp> selects targets.
+	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) FUZZ_TIME=$(FUZZ_TIME) FUZZ_MATCH='$(FUZZ_MATCH)' hack/fuzz.sh

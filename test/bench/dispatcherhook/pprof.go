@@ -1,0 +1,39 @@
+//go:build heraldbench
+
+// This file is not compiled on its own. The benchmark harness adds it to
+// the dispatcher's main package at build time (go build -overlay, with the
+// heraldbench build tag), so that the benchmarked binary is the product's
+// cmd/dispatcher unchanged plus a pprof listener on loopback, used to take
+// CPU and heap profiles of the dispatcher while it is under load. The
+// listener starts only when HERALD_BENCH_PPROF_ADDR names a loopback
+// address; the product binary never contains this file.
+package main
+
+import (
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"time"
+)
+
+func init() {
+	addr := os.Getenv("HERALD_BENCH_PPROF_ADDR")
+	if addr == "" {
+		return
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil || !net.ParseIP(host).IsLoopback() {
+		return
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(l) }()
+}

@@ -1,0 +1,521 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
+)
+
+// FanOutResult is a fan-out scenario: every event goes to Endpoints
+// endpoints through one Subscription each.
+type FanOutResult struct {
+	Endpoints int `json:"endpoints"`
+	KneeResult
+	// Ratio is the knee step's deliveries/s over the baseline measured
+	// just before it; RatioToStartBaseline uses the run's first baseline.
+	Ratio                float64 `json:"ratioToBaseline"`
+	RatioToStartBaseline float64 `json:"ratioToStartBaseline"`
+	// MaxRatio is the highest ratio of any step, passing or not.
+	MaxRatio float64 `json:"maxRatioToBaseline"`
+	// At1000 is the step at 1,000 events/s (the latency target's), when the
+	// search ran one.
+	At1000 *StepResult `json:"at1000,omitempty"`
+	// Profiled is a separate run at the knee rate with a CPU profile.
+	Profiled *StepResult `json:"profiled,omitempty"`
+}
+
+// fanOut runs a knee search with n endpoints per event, starting at start
+// events/s.
+func (r *Runner) fanOut(ctx context.Context, ns string, n int, start float64, maxSteps int, profileName string) (*FanOutResult, error) {
+	pub, err := r.namespace(ctx, ns)
+	if err != nil {
+		return nil, err
+	}
+	defs := make([]*endpointDef, n)
+	for i := range defs {
+		defs[i] = &endpointDef{Name: fmt.Sprintf("sink-%d", i), Behaviour: Healthy, LedgerEndpoint: i, Types: []string{"bench.fanout"}}
+	}
+	if _, err := r.createEndpoints(ctx, ns, defs); err != nil {
+		return nil, err
+	}
+	defer r.cleanup(ctx, ns)
+	typ := constType("bench.fanout")
+	if err := r.warmUp(ctx, pub, 1, n, FanOutSlots(n), typ); err != nil {
+		return nil, err
+	}
+	base := stepSpec{Name: ns, Pub: pub, Duration: r.p.stepDuration, Slots: n, Slot: FanOutSlots(n), Type: typ, Drain: r.p.drain}
+	primeSpec := base
+	primeSpec.Rate = start
+	if err := r.prime(ctx, primeSpec); err != nil {
+		return nil, err
+	}
+	k, err := r.kneeSearch(ctx, base, start, 1.6, r.p.latencyDuration, maxSteps)
+	if err != nil {
+		return nil, err
+	}
+	res := &FanOutResult{Endpoints: n, KneeResult: *k}
+	for i := range k.Steps {
+		if k.Steps[i].OfferedRate == 1000 {
+			res.At1000 = &k.Steps[i]
+		}
+	}
+	if bl := r.results.Baseline; bl != nil && bl.PerSecond > 0 {
+		res.RatioToStartBaseline = k.KneeDeliveredPerSec / bl.PerSecond
+	}
+	if knee := k.Knee(); knee != nil {
+		res.Ratio = knee.Ratio
+	}
+	for _, s := range k.Steps {
+		res.MaxRatio = max(res.MaxRatio, s.Ratio)
+	}
+	if profileName != "" && ctx.Err() == nil {
+		rate := k.KneeRate
+		if rate == 0 {
+			rate = start
+		}
+		sleepCtx(ctx, time.Second)
+		spec := base
+		spec.Name, spec.Rate, spec.ProfileName = fmt.Sprintf("%s-profiled@%.0f", ns, rate), rate, profileName
+		p, err := r.runStep(ctx, spec)
+		if err != nil {
+			return res, err
+		}
+		r.sayStep(p)
+		res.Profiled = &p
+	}
+	return res, nil
+}
+
+// prime runs spec for two seconds without keeping the result: connection
+// pools, goroutines and heap grow to their working size before anything is
+// measured, so the first measured step is not penalised for being first.
+func (r *Runner) prime(ctx context.Context, spec stepSpec) error {
+	spec.Name, spec.Duration, spec.ProfileName, spec.During = "prime", 2*time.Second, "", nil
+	_, err := r.runStep(ctx, spec)
+	sleepCtx(ctx, 500*time.Millisecond)
+	return err
+}
+
+// cleanup deletes a scenario's objects so its endpoints stop costing the
+// dispatcher anything during later scenarios.
+func (r *Runner) cleanup(ctx context.Context, ns string) {
+	if err := deleteScenarioObjects(ctx, r.kube, ns); err != nil {
+		r.say("cleanup of %s: %v", ns, err)
+	}
+}
+
+// IsolationResult compares healthy endpoints' latency without (A, A2) and
+// with (B) a failing and a slow endpoint subscribed to the same events.
+type IsolationResult struct {
+	HealthyEndpoints int        `json:"healthyEndpoints"`
+	SlowDelayMs      float64    `json:"slowEndpointDelayMs"`
+	Without          StepResult `json:"without"`
+	With             StepResult `json:"with"`
+	WithoutAgain     StepResult `json:"withoutAgain"`
+	// P99Ratio is With's healthy p99 over the mean of Without's and
+	// WithoutAgain's.
+	P99Ratio float64 `json:"p99Ratio"`
+	// Requests the failing and slow endpoints answered during With.
+	FailingRequests int64 `json:"failingRequests"`
+	SlowRequests    int64 `json:"slowRequests"`
+}
+
+func (r *Runner) isolation(ctx context.Context) (*IsolationResult, error) {
+	const ns, healthy = "bench-isolation", 4
+	pub, err := r.namespace(ctx, ns)
+	if err != nil {
+		return nil, err
+	}
+	defer r.cleanup(ctx, ns)
+	defs := make([]*endpointDef, healthy)
+	for i := range defs {
+		defs[i] = &endpointDef{Name: fmt.Sprintf("healthy-%d", i), Behaviour: Healthy, LedgerEndpoint: i, Types: []string{"bench.isolation"}}
+	}
+	if _, err := r.createEndpoints(ctx, ns, defs); err != nil {
+		return nil, err
+	}
+	typ := constType("bench.isolation")
+	if err := r.warmUp(ctx, pub, 1, healthy, FanOutSlots(healthy), typ); err != nil {
+		return nil, err
+	}
+	spec := stepSpec{Pub: pub, Rate: r.p.isolationRate, Duration: r.p.isolationDuration, Slots: healthy, Slot: FanOutSlots(healthy), Type: typ, Drain: r.p.drain}
+	res := &IsolationResult{HealthyEndpoints: healthy, SlowDelayMs: float64(r.sink.SlowDelay.Milliseconds())}
+	if err := r.prime(ctx, spec); err != nil {
+		return nil, err
+	}
+
+	spec.Name = "isolation-without"
+	if res.Without, err = r.runStep(ctx, spec); err != nil {
+		return nil, err
+	}
+	r.sayStep(res.Without)
+
+	// A receiver that answers 500 to everything (its retries and circuit
+	// breaker at work) and one that takes SlowDelay per request.
+	bad := []*endpointDef{
+		{Name: "failing", Behaviour: Failing, LedgerEndpoint: -1, Types: []string{"bench.isolation"},
+			Retry: &heraldv1.RetrySpec{MaxAttempts: ptr.To[int32](5), InitialBackoff: &metav1.Duration{Duration: time.Second}, MaxBackoff: &metav1.Duration{Duration: 5 * time.Second}}},
+		{Name: "slow", Behaviour: Slow, LedgerEndpoint: -1, Types: []string{"bench.isolation"}, Timeout: 5 * time.Second},
+	}
+	if _, err := r.createEndpoints(ctx, ns, bad); err != nil {
+		return nil, err
+	}
+	// The catalog follows Ready objects within milliseconds; give it a
+	// moment, as the warm-up cannot observe these two.
+	sleepCtx(ctx, 2*time.Second)
+	f0, s0 := r.sink.Requests(bad[0].sinkIndex), r.sink.Requests(bad[1].sinkIndex)
+	spec.Name = "isolation-with"
+	withSpec := spec
+	withSpec.ProfileName = "isolation-with"
+	if res.With, err = r.runStep(ctx, withSpec); err != nil {
+		return nil, err
+	}
+	r.sayStep(res.With)
+	res.FailingRequests = r.sink.Requests(bad[0].sinkIndex) - f0
+	res.SlowRequests = r.sink.Requests(bad[1].sinkIndex) - s0
+	r.say("  failing endpoint answered %d requests, slow endpoint %d, during the run", res.FailingRequests, res.SlowRequests)
+
+	for _, d := range bad {
+		if err := r.kube.Delete(ctx, subscriptionObject(ns, d.Name, d.Name)); client.IgnoreNotFound(err) != nil {
+			return nil, err
+		}
+		if err := r.kube.Delete(ctx, &heraldv1.WebhookEndpoint{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: d.Name}}); client.IgnoreNotFound(err) != nil {
+			return nil, err
+		}
+	}
+	sleepCtx(ctx, 3*time.Second)
+	spec.Name = "isolation-without-again"
+	if res.WithoutAgain, err = r.runStep(ctx, spec); err != nil {
+		return nil, err
+	}
+	r.sayStep(res.WithoutAgain)
+	if mean := (res.Without.Latency.P99 + res.WithoutAgain.Latency.P99) / 2; mean > 0 {
+		res.P99Ratio = res.With.Latency.P99 / mean
+	}
+	return res, nil
+}
+
+// KillResult is the SIGKILL scenario.
+type KillResult struct {
+	Step StepResult `json:"step"`
+	// KilledAtSec is when the dispatcher was killed, from the first event's
+	// schedule; RestartSeconds how long until the new process was ready.
+	KilledAtSec    float64 `json:"killedAtSec"`
+	RestartSeconds float64 `json:"restartSeconds"`
+	// AcknowledgedLoss is the acknowledged deliveries that never arrived.
+	AcknowledgedLoss int `json:"acknowledgedLoss"`
+	Duplicates       int `json:"duplicates"`
+}
+
+// kill publishes at a constant rate to two endpoints and SIGKILLs the
+// dispatcher mid-run, then restarts it on the same store. The publisher
+// retries what went unanswered, as a real one would; every event it got a
+// 202 for must arrive at both endpoints.
+func (r *Runner) kill(ctx context.Context) (*KillResult, error) {
+	const ns, n = "bench-kill", 2
+	pub, err := r.namespace(ctx, ns)
+	if err != nil {
+		return nil, err
+	}
+	pub.RetryFor = 60 * time.Second
+	defs := make([]*endpointDef, n)
+	for i := range defs {
+		defs[i] = &endpointDef{Name: fmt.Sprintf("sink-%d", i), Behaviour: Healthy, LedgerEndpoint: i, Types: []string{"bench.kill"},
+			Retry: &heraldv1.RetrySpec{InitialBackoff: &metav1.Duration{Duration: 200 * time.Millisecond}, MaxBackoff: &metav1.Duration{Duration: 2 * time.Second}}}
+	}
+	if _, err := r.createEndpoints(ctx, ns, defs); err != nil {
+		return nil, err
+	}
+	defer r.cleanup(ctx, ns)
+	typ := constType("bench.kill")
+	if err := r.warmUp(ctx, pub, 1, n, FanOutSlots(n), typ); err != nil {
+		return nil, err
+	}
+	res := &KillResult{}
+	var restartErr error
+	spec := stepSpec{
+		Name: "sigkill", Pub: pub, Rate: r.p.killRate, Duration: r.p.killDuration, Slots: n, Slot: FanOutSlots(n), Type: typ,
+		// In-flight deliveries of the killed process come back after the
+		// consumer's AckWait (a minute by default): the drain must outlast it.
+		Drain: 150 * time.Second,
+		During: func(ctx context.Context) {
+			sleepCtx(ctx, r.p.killAt)
+			if ctx.Err() != nil {
+				return
+			}
+			r.say("  SIGKILL dispatcher (pid %d)", r.dispatcherPID())
+			r.h.Dispatcher.Kill()
+			began := time.Now()
+			restartErr = r.h.StartDispatcher(context.WithoutCancel(ctx))
+			res.RestartSeconds = time.Since(began).Seconds()
+			r.say("  dispatcher restarted on the same store in %.1f s (pid %d)", res.RestartSeconds, r.dispatcherPID())
+		},
+	}
+	step, err := r.runStep(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	if restartErr != nil {
+		return nil, fmt.Errorf("restart after SIGKILL: %w", restartErr)
+	}
+	// The knee criterion does not apply here: the run is judged by its
+	// ledger alone.
+	step.Pass = step.Ledger.Missing == 0 && step.Ledger.Void == ""
+	step.Why = ""
+	if !step.Pass {
+		step.Why = fmt.Sprintf("%d acknowledged deliveries missing %s", step.Ledger.Missing, step.Ledger.Void)
+	}
+	r.sayStep(step)
+	res.Step = step
+	res.KilledAtSec = r.p.killAt.Seconds()
+	res.AcknowledgedLoss = step.Ledger.Missing
+	res.Duplicates = step.Ledger.Duplicates
+	return res, nil
+}
+
+// ScaleResult is the many-endpoints scenario.
+type ScaleResult struct {
+	Endpoints     int `json:"endpoints"`
+	Subscriptions int `json:"subscriptions"`
+	// EndpointsReadySeconds: creating the endpoints until all were Ready.
+	EndpointsReadySeconds float64 `json:"endpointsReadySeconds"`
+	// SubscriptionsCreateSeconds: creating the Subscriptions (client side);
+	// SubscriptionsReadySeconds: from the first create until all Ready.
+	SubscriptionsCreateSeconds float64 `json:"subscriptionsCreateSeconds"`
+	SubscriptionsReadySeconds  float64 `json:"subscriptionsReadySeconds"`
+	// ManagerCoresWhileReconciling is the manager's CPU use from the first
+	// create until all Subscriptions were Ready.
+	ManagerCoresWhileReconciling float64 `json:"managerCoresWhileReconciling"`
+	// CatalogCatchUpSeconds is from all Subscriptions Ready until an event
+	// for every endpoint's last Subscription was delivered: how long the
+	// dispatcher took to route to them.
+	CatalogCatchUpSeconds float64 `json:"catalogCatchUpSeconds"`
+	// EndpointsNudged are Ready endpoints the dispatcher never routed to
+	// until the harness touched them (a lost catalog update).
+	EndpointsNudged []string `json:"endpointsNudged,omitempty"`
+	// DispatcherCoresWhileSubscribing is the dispatcher's CPU use from the
+	// first Subscription create until it routed to all of them.
+	DispatcherCoresWhileSubscribing float64 `json:"dispatcherCoresWhileSubscribing"`
+	// Dispatcher RSS: fresh with no endpoints of this scenario, with the
+	// idle endpoints, and with the Subscriptions too.
+	RSSBefore          int64   `json:"rssBeforeBytes"`
+	RSSEndpoints       int64   `json:"rssWithEndpointsBytes"`
+	RSSSubscriptions   int64   `json:"rssWithSubscriptionsBytes"`
+	RSSPerEndpoint     float64 `json:"rssPerIdleEndpointBytes"`
+	RSSPerSubscription float64 `json:"rssPerSubscriptionBytes"`
+	// MemStatsDeltaPerEndpoint is the growth of the Go runtime's memory
+	// statistics (HeapInuse, StackInuse, …) per endpoint, in bytes: where
+	// the RSS per endpoint goes.
+	MemStatsDeltaPerEndpoint map[string]float64 `json:"memStatsDeltaPerEndpoint,omitempty"`
+	GoroutinesBefore         int                `json:"goroutinesBefore"`
+	GoroutinesIdle           int                `json:"goroutinesWithEndpoints"`
+	// IdleCores is the dispatcher's CPU use while the endpoints sit idle.
+	IdleCores float64    `json:"idleDispatcherCores"`
+	Traffic   StepResult `json:"traffic"`
+	// MatchCPUPerEventMs is the dispatcher CPU per event beyond fan-out
+	// 1's at the same rate: matching among the Subscriptions plus the cost
+	// of spreading deliveries over many endpoints.
+	MatchCPUPerEventMs float64 `json:"extraCpuPerEventMs"`
+}
+
+func (r *Runner) scale(ctx context.Context) (*ScaleResult, error) {
+	const ns = "bench-scale"
+	n, per := r.p.scaleEndpoints, r.p.subsPerEndpoint
+	res := &ScaleResult{Endpoints: n, Subscriptions: n * per}
+	pub, err := r.namespace(ctx, ns)
+	if err != nil {
+		return res, err
+	}
+
+	if err := r.scaleEndpoints(ctx, ns, res); err != nil {
+		return res, err
+	}
+	if err := r.scaleSubscriptions(ctx, ns, pub, res); err != nil {
+		return res, err
+	}
+	// Each event matches exactly one Subscription among n*per, so each goes
+	// to one endpoint; events cycle through all endpoints.
+	route := func(seq int) int { return seq % n }
+	typ := func(seq int) string { return scaleType(seq%n, (seq/n)%per) }
+	sleepCtx(ctx, r.p.idleSettle)
+	withSubs, err := ReadProc(r.dispatcherPID())
+	if err != nil {
+		return res, err
+	}
+	res.RSSSubscriptions = withSubs.RSS
+	res.RSSPerSubscription = float64(res.RSSSubscriptions-res.RSSEndpoints) / float64(n*per)
+
+	spec := stepSpec{Name: fmt.Sprintf("endpoints%d@%.0f", n, r.p.scaleRate), Pub: pub, Rate: r.p.scaleRate, Duration: r.p.stepDuration,
+		Slots: 1, Slot: RoutedSlots(route), Type: typ, Drain: r.p.drain, ProfileName: "endpoints-traffic"}
+	if res.Traffic, err = r.runStep(ctx, spec); err != nil {
+		return res, err
+	}
+	r.sayStep(res.Traffic)
+	if f := r.results.FanOut1; f != nil && f.At1000 != nil && f.At1000.CPUPer1000 > 0 && r.p.scaleRate == 1000 {
+		res.MatchCPUPerEventMs = res.Traffic.CPUPer1000 - f.At1000.CPUPer1000
+	}
+	return res, nil
+}
+
+// scaleEndpoints restarts the dispatcher on an empty store, creates the
+// endpoints and measures what they cost while idle.
+func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult) error {
+	n := res.Endpoints
+	// A fresh dispatcher process on an empty store, so the RSS difference
+	// is the endpoints', and the delivery consumers earlier scenarios left
+	// behind do not count against JetStream's default limit of 1,000
+	// consumers per stream (the dispatcher never deletes the consumer of a
+	// deleted endpoint; see docs/benchmarks/README.md).
+	r.say("  restarting the dispatcher on an empty store for a clean heap")
+	if err := r.h.Dispatcher.Stop(30 * time.Second); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(filepath.Join(r.h.Dir, "jetstream")); err != nil {
+		return err
+	}
+	if err := r.h.StartDispatcher(ctx); err != nil {
+		return err
+	}
+	sleepCtx(ctx, r.p.idleSettle)
+	before, err := ReadProc(r.dispatcherPID())
+	if err != nil {
+		return err
+	}
+	res.RSSBefore = before.RSS
+	if res.GoroutinesBefore, err = r.goroutines(ctx); err != nil {
+		return err
+	}
+	memBefore, err := r.memStats(ctx, "endpoints-before")
+	if err != nil {
+		return err
+	}
+
+	r.say("  creating %d endpoints", n)
+	defs := make([]*endpointDef, n)
+	for i := range defs {
+		defs[i] = &endpointDef{Name: fmt.Sprintf("ep-%d", i), Behaviour: Healthy, LedgerEndpoint: i}
+	}
+	took, err := r.createEndpoints(ctx, ns, defs)
+	if err != nil {
+		return err
+	}
+	res.EndpointsReadySeconds = took.Seconds()
+	r.say("  %d endpoints Ready in %.1f s", n, took.Seconds())
+
+	// Wait until the dispatcher runs a delivery loop for each: its
+	// goroutine count settles at least n above where it was.
+	prev := -1
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		g, err := r.goroutines(ctx)
+		if err != nil {
+			return err
+		}
+		if g >= res.GoroutinesBefore+n && g == prev {
+			break
+		}
+		prev = g
+		sleepCtx(ctx, time.Second)
+	}
+	idle0, _ := ReadProc(r.dispatcherPID())
+	sleepCtx(ctx, r.p.idleSettle)
+	idle1, err := ReadProc(r.dispatcherPID())
+	if err != nil {
+		return err
+	}
+	res.IdleCores = (idle1.CPU - idle0.CPU).Seconds() / r.p.idleSettle.Seconds()
+	res.RSSEndpoints = idle1.RSS
+	res.RSSPerEndpoint = float64(res.RSSEndpoints-res.RSSBefore) / float64(n)
+	res.GoroutinesIdle, _ = r.goroutines(ctx)
+	if _, err := r.heapProfile(ctx, "endpoints-idle"); err != nil {
+		r.say("heap profile failed: %v", err)
+	}
+	if after, err := r.memStats(ctx, "endpoints-idle"); err == nil {
+		res.MemStatsDeltaPerEndpoint = map[string]float64{}
+		for k, v := range after {
+			res.MemStatsDeltaPerEndpoint[k] = float64(v-memBefore[k]) / float64(n)
+		}
+	}
+	r.say("  dispatcher RSS %.1f MiB → %.1f MiB with %d idle endpoints: %.1f KiB each; %d goroutines; idle CPU %.3f cores",
+		mib(res.RSSBefore), mib(res.RSSEndpoints), n, res.RSSPerEndpoint/1024, res.GoroutinesIdle, res.IdleCores)
+
+	return nil
+}
+
+// scaleSubscriptions creates the Subscriptions, times them to Ready and
+// until the dispatcher routes to all of them.
+func (r *Runner) scaleSubscriptions(ctx context.Context, ns string, pub *Publisher, res *ScaleResult) error {
+	n, per := res.Endpoints, res.Subscriptions/res.Endpoints
+	route := func(seq int) int { return seq % n }
+	r.say("  creating %d Subscriptions", n*per)
+	subs := make([]client.Object, 0, n*per)
+	for i := range n {
+		for j := range per {
+			subs = append(subs, subscriptionObject(ns, fmt.Sprintf("ep-%d-s%d", i, j), fmt.Sprintf("ep-%d", i), scaleType(i, j)))
+		}
+	}
+	// Where the dispatcher's time goes while 10,000 Subscriptions arrive
+	// through its informers.
+	profileSecs := 20
+	if r.cfg.Quick {
+		profileSecs = 5
+	}
+	subsProfile := make(chan struct{})
+	go func() {
+		defer close(subsProfile)
+		if _, err := r.cpuProfile(ctx, "subscriptions-arriving", profileSecs); err != nil {
+			r.say("CPU profile while Subscriptions arrive failed: %v", err)
+		}
+	}()
+	defer func() { <-subsProfile }()
+	manager0, _ := ReadProc(r.h.Manager.PID())
+	dispatcher0, _ := ReadProc(r.dispatcherPID())
+	began := time.Now()
+	if err := createAll(ctx, r.kube, subs, 32); err != nil {
+		return err
+	}
+	res.SubscriptionsCreateSeconds = time.Since(began).Seconds()
+	waitCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	err := waitReady(waitCtx, r.kube, ns, func() *heraldv1.SubscriptionList { return &heraldv1.SubscriptionList{} }, n*per, nil)
+	cancel()
+	if err != nil {
+		return err
+	}
+	res.SubscriptionsReadySeconds = time.Since(began).Seconds()
+	if manager1, err := ReadProc(r.h.Manager.PID()); err == nil {
+		res.ManagerCoresWhileReconciling = (manager1.CPU - manager0.CPU).Seconds() / res.SubscriptionsReadySeconds
+	}
+	r.say("  %d Subscriptions created in %.1f s, all Ready after %.1f s; manager used %.2f cores meanwhile",
+		n*per, res.SubscriptionsCreateSeconds, res.SubscriptionsReadySeconds, res.ManagerCoresWhileReconciling)
+
+	// The dispatcher learns about the Subscriptions from its informers;
+	// events published before its catalog has a Subscription match nothing.
+	// Probe until an event for each endpoint's last Subscription arrives.
+	probeType := func(seq int) string { return scaleType(seq%n, per-1) }
+	catchUp := time.Now()
+	var nudged []string
+	nudged, err = r.catchUp(ctx, pub, ns, n, RoutedSlots(route), probeType, func(seq int) string { return fmt.Sprintf("ep-%d", route(seq)) }, 5*time.Minute)
+	res.EndpointsNudged = nudged
+	if err != nil {
+		return err
+	}
+	res.CatalogCatchUpSeconds = time.Since(catchUp).Seconds()
+	if dispatcherAfter, err := ReadProc(r.dispatcherPID()); err == nil {
+		res.DispatcherCoresWhileSubscribing = (dispatcherAfter.CPU - dispatcher0.CPU).Seconds() / time.Since(began).Seconds()
+	}
+	r.say("  dispatcher routes to every endpoint %.1f s after all Subscriptions were Ready; it used %.2f cores from the first create until then",
+		res.CatalogCatchUpSeconds, res.DispatcherCoresWhileSubscribing)
+	return nil
+}
+
+func scaleType(endpoint, sub int) string { return fmt.Sprintf("bench.scale.e%d.t%d", endpoint, sub) }
+
+func mib(b int64) float64 { return float64(b) / (1 << 20) }
