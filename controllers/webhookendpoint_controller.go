@@ -21,6 +21,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
@@ -611,5 +612,8 @@ func (r *WebhookEndpointReconciler) SetupWithManager(ctx context.Context, mgr ct
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(
 			requestsForIndex(r.Client, func() client.ObjectList { return &heraldv1.WebhookEndpointList{} }, endpointSecretIndex)), builder.OnlyMetadata).
 		Named("webhookendpoint").
+		// Reconciles of different objects are independent; one worker made
+		// 10,000 Subscriptions take over a minute to become Ready.
+		WithOptions(controller.Options{MaxConcurrentReconciles: 4}).
 		Complete(r)
 }

@@ -232,6 +232,18 @@ func run(ctx context.Context, o options) error {
 	// in reverse order on SIGTERM, within the graceful shutdown timeout.
 	syncDeliveries := func() { deliveries.Sync(cat.Endpoints()) }
 	cat.OnChange(syncDeliveries)
+	// A deleted endpoint's consumer and queued deliveries go with it;
+	// otherwise they would stay forever and count against the stream's
+	// consumer limit. (Every replica does this; it is idempotent.)
+	cat.OnEndpointDeleted(func(namespace, name string) {
+		go func() {
+			rmCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			if err := q.RemoveEndpoint(rmCtx, namespace, name); err != nil {
+				log.Error(err, "Remove deleted endpoint's deliveries", "namespace", namespace, "name", name)
+			}
+		}()
+	})
 	// Nothing is routed or delivered before the catalog has seen every
 	// object: an event routed earlier could miss its Subscriptions.
 	afterSync := func(run func(context.Context) error) manager.RunnableFunc {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"sort"
 	"sync"
 	"time"
@@ -41,6 +42,11 @@ type Catalog struct {
 	log   logr.Logger
 	now   func() time.Time
 
+	// rebuildMu serialises rebuilds: the handlers of different informers
+	// run on different goroutines, and a rebuild that read the cache
+	// earlier must not overwrite the result of one that read it later.
+	rebuildMu sync.Mutex
+
 	mu        sync.RWMutex
 	endpoints map[string]*Endpoint                // namespace/name
 	subs      map[string]map[string]*Subscription // namespace → name
@@ -51,6 +57,7 @@ type Catalog struct {
 	ready     map[string][]*Subscription
 	revision  uint64
 	listeners []func()
+	deleted   []func(namespace, name string)
 	synced    []toolscache.ResourceEventHandlerRegistration
 	expiry    map[string]*time.Timer // endpoint key → rebuild when a key expires
 }
@@ -76,6 +83,14 @@ func (c *Catalog) OnChange(f func()) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.listeners = append(c.listeners, f)
+}
+
+// OnEndpointDeleted registers f to run when a WebhookEndpoint is deleted
+// from the cluster (not merely un-Ready), after the catalog dropped it.
+func (c *Catalog) OnEndpointDeleted(f func(namespace, name string)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.deleted = append(c.deleted, f)
 }
 
 // Endpoint returns the Ready endpoint namespace/name.
@@ -131,10 +146,23 @@ func (c *Catalog) Start(ctx context.Context) error {
 	handlers := []struct {
 		obj     client.Object
 		rebuild func(ctx context.Context, obj any)
+		deleted func(obj any)
 	}{
 		{&heraldv1.WebhookEndpoint{}, func(ctx context.Context, obj any) {
 			if o, ok := objectOf(obj); ok {
 				c.rebuildEndpoint(ctx, o.GetNamespace(), o.GetName())
+			}
+		}, func(obj any) {
+			// Only the endpoint informer's delete event means the object is
+			// gone: a cache miss elsewhere may just be an informer that has
+			// not listed yet.
+			if o, ok := objectOf(obj); ok {
+				c.mu.RLock()
+				fs := append([]func(string, string){}, c.deleted...)
+				c.mu.RUnlock()
+				for _, f := range fs {
+					f(o.GetNamespace(), o.GetName())
+				}
 			}
 		}},
 		{&corev1.Secret{}, func(ctx context.Context, obj any) {
@@ -143,23 +171,28 @@ func (c *Catalog) Start(ctx context.Context) error {
 					c.rebuildEndpoint(ctx, o.GetNamespace(), ep)
 				}
 			}
-		}},
+		}, nil},
 		{&heraldv1.Subscription{}, func(ctx context.Context, obj any) {
 			if o, ok := objectOf(obj); ok {
 				c.rebuildSubscription(ctx, o.GetNamespace(), o.GetName())
 			}
-		}},
+		}, nil},
 	}
 	for _, h := range handlers {
 		inf, err := c.cache.GetInformer(ctx, h.obj)
 		if err != nil {
 			return fmt.Errorf("informer for %T: %w", h.obj, err)
 		}
-		rebuild := h.rebuild
+		rebuild, deleted := h.rebuild, h.deleted
 		reg, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
 			AddFunc:    func(obj any) { rebuild(ctx, obj) },
 			UpdateFunc: func(_, obj any) { rebuild(ctx, obj) },
-			DeleteFunc: func(obj any) { rebuild(ctx, obj) },
+			DeleteFunc: func(obj any) {
+				rebuild(ctx, obj)
+				if deleted != nil {
+					deleted(obj)
+				}
+			},
 		})
 		if err != nil {
 			return fmt.Errorf("register handler for %T: %w", h.obj, err)
@@ -213,6 +246,8 @@ func readyForGeneration(conds []metav1.Condition, generation int64) bool {
 }
 
 func (c *Catalog) rebuildEndpoint(ctx context.Context, namespace, name string) {
+	c.rebuildMu.Lock()
+	defer c.rebuildMu.Unlock()
 	key := namespace + "/" + name
 	ep := &heraldv1.WebhookEndpoint{}
 	var next *Endpoint
@@ -226,6 +261,13 @@ func (c *Catalog) rebuildEndpoint(ctx context.Context, namespace, name string) {
 	}
 
 	c.mu.Lock()
+	if old := c.endpoints[key]; (old == nil && next == nil) || (old != nil && next != nil && reflect.DeepEqual(old, next)) {
+		// Nothing the stages use changed (the dispatcher's own status
+		// writes come back through the informer): no refresh, no
+		// revision bump, no listeners.
+		c.mu.Unlock()
+		return
+	}
 	if t := c.expiry[key]; t != nil {
 		t.Stop()
 		delete(c.expiry, key)
@@ -307,6 +349,8 @@ func nextExpiry(keys []heraldv1.SigningKey, now time.Time) time.Time {
 }
 
 func (c *Catalog) rebuildSubscription(ctx context.Context, namespace, name string) {
+	c.rebuildMu.Lock()
+	defer c.rebuildMu.Unlock()
 	sub := &heraldv1.Subscription{}
 	var next *Subscription
 	err := c.cache.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, sub)
@@ -337,6 +381,10 @@ func (c *Catalog) rebuildSubscription(ctx context.Context, namespace, name strin
 	}
 
 	c.mu.Lock()
+	if old := c.subs[namespace][name]; (old == nil && next == nil) || (old != nil && next != nil && reflect.DeepEqual(old, next)) {
+		c.mu.Unlock()
+		return
+	}
 	if next == nil {
 		delete(c.subs[namespace], name)
 	} else {

@@ -200,6 +200,15 @@ func TestCatalogFollowsReadiness(t *testing.T) {
 	g.Expect(k8sClient.Update(ctx, s)).To(Succeed())
 	markReady(t, s, "Subscription", nil)
 	g.Eventually(func() int { return len(subsOf(ns)) }, 10*time.Second, 50*time.Millisecond).Should(BeZero())
+
+	// Deleting the endpoint (not merely making it un-Ready) is announced,
+	// so its queued deliveries can be removed.
+	deleted := make(chan string, 4)
+	cat.OnEndpointDeleted(func(namespace, name string) { deleted <- namespace + "/" + name })
+	g.Expect(k8sClient.Delete(ctx, cur)).To(Succeed())
+	g.Eventually(deleted, 10*time.Second).Should(Receive(Equal(ns + "/orders")))
+	_, ok := cat.Endpoint(ns, "orders")
+	g.Expect(ok).To(BeFalse())
 }
 
 func subsOf(ns string) []*Subscription {

@@ -233,6 +233,9 @@ func startEmbeddedServer(ctx context.Context, cfg Config, log logr.Logger) (*ser
 // webhook-id, which the at-least-once contract allows. Limits retention would
 // avoid that only by keeping every event for at least the window plus the
 // longest fan-out lag, i.e. by storing the full history.
+// maxDeliveryConsumers bounds the endpoints one Herald serves.
+const maxDeliveryConsumers = 100_000
+
 func (q *Queue) streamConfigs() []jetstream.StreamConfig {
 	cfg := q.cfg
 	return []jetstream.StreamConfig{
@@ -251,12 +254,17 @@ func (q *Queue) streamConfigs() []jetstream.StreamConfig {
 			Name:        DeliveriesStream,
 			Description: "Herald: deliveries per endpoint awaiting a successful attempt",
 			Subjects:    []string{deliveriesPrefix + ".*.*"},
-			Retention:   jetstream.WorkQueuePolicy,
-			Discard:     jetstream.DiscardNew,
-			MaxAge:      cfg.DeliveriesMaxAge,
-			Duplicates:  cfg.DuplicateWindow,
-			Storage:     jetstream.FileStorage,
-			Replicas:    cfg.Replicas,
+			// One durable consumer per endpoint: without an explicit limit
+			// nats-server caps a stream at 1,000 consumers
+			// (JSDefaultMaxConsumersPerStream) and endpoint 1,001 would
+			// never be delivered to.
+			MaxConsumers: maxDeliveryConsumers,
+			Retention:    jetstream.WorkQueuePolicy,
+			Discard:      jetstream.DiscardNew,
+			MaxAge:       cfg.DeliveriesMaxAge,
+			Duplicates:   cfg.DuplicateWindow,
+			Storage:      jetstream.FileStorage,
+			Replicas:     cfg.Replicas,
 		},
 		{
 			Name:        DeadLetterStream,

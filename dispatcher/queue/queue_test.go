@@ -557,3 +557,21 @@ func TestTermRemovesUnprocessableEvent(t *testing.T) {
 		t.Fatalf("PublishEvent after Close = %v, want ErrClosed", err)
 	}
 }
+
+// TestDeliveriesStreamAllowsManyEndpoints: without an explicit limit
+// nats-server caps a stream at 1,000 consumers, one per endpoint here.
+func TestDeliveriesStreamAllowsManyEndpoints(t *testing.T) {
+	ctx := context.Background()
+	q := openEmbedded(t, t.TempDir())
+	s, err := q.JetStream().Stream(ctx, DeliveriesStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.MaxConsumers != maxDeliveryConsumers {
+		t.Fatalf("deliveries stream MaxConsumers = %d, want %d", info.Config.MaxConsumers, maxDeliveryConsumers)
+	}
+}
