@@ -272,8 +272,8 @@ func TestSSRFGuard(t *testing.T) {
 		{"hostname resolving to a private address", loopbackAllowlist, "https://internal.corp.test/", []attempt{{ReasonBlockedAddress, nil}}},
 		{"hostname resolving to the metadata address", loopbackAllowlist, "http://metadata.test/", []attempt{{ReasonBlockedAddress, nil}}},
 		{"hostname resolving to several private addresses", loopbackAllowlist, "http://private-many.test/", []attempt{{ReasonBlockedAddress, nil}}},
-		{"mixed private and allowed records: only the allowed one is dialled", loopbackAllowlist, local("mixed-local.test"), []attempt{{"", []string{"127.0.0.1"}}}},
-		{"mixed private and public records: the private one is never dialled", loopbackAllowlist, "http://mixed-public.test/", []attempt{{ReasonOther, []string{"93.184.216.34"}}}},
+		{"mixed private and allowed records: refused as a whole", loopbackAllowlist, local("mixed-local.test"), []attempt{{ReasonBlockedAddress, nil}}},
+		{"mixed private and public records: refused as a whole", loopbackAllowlist, "http://mixed-public.test/", []attempt{{ReasonBlockedAddress, nil}}},
 		{"DNS rebinding, public then private", loopbackAllowlist, "http://rebinding.test/", []attempt{
 			{ReasonOther, []string{"93.184.216.34"}},
 			{ReasonBlockedAddress, []string{"93.184.216.34"}},

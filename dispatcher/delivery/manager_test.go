@@ -247,8 +247,14 @@ func TestManagerGoneStopsEndpoint(t *testing.T) {
 	if r := m.Running(); len(r) != 0 {
 		t.Fatalf("Running = %v for the gone generation", r)
 	}
-	if n := pending(t, q, "shop", "orders"); n != 2 {
-		t.Fatalf("pending = %d, want both deliveries kept", n)
+	// JetStream's consumer counters settle asynchronously after the Nak
+	// and the new publish: wait (bounded) for both to be counted.
+	deadline := time.Now().Add(10 * time.Second)
+	for n := pending(t, q, "shop", "orders"); n != 2; n = pending(t, q, "shop", "orders") {
+		if time.Now().After(deadline) {
+			t.Fatalf("pending = %d, want both deliveries kept", n)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	if n := rc.count(); n != 1 {
 		t.Fatalf("receiver got %d requests while gone", n)

@@ -223,9 +223,10 @@ func TestSSRFTableThroughDeliveryAndStatus(t *testing.T) {
 		{name: "octal-ipv4", url: "http://0177.0.0.1:" + v4.port(), allow: prefixes("127.0.0.1/32"), byDefault: wantBlocked, allowed: wantDelivered, receiver: v4},
 		{name: "private-name", url: "http://orders.internal.test/", allow: prefixes("10.20.30.40/32"), byDefault: wantBlocked, allowed: wantDialled, allowedDials: []string{"10.20.30.40"},
 			resolver: map[string][][]netip.Addr{"orders.internal.test": {ips("10.20.30.40")}}},
-		// Mixed records: the private one is refused and never dialled; the
-		// public one is tried (and refused by the test dialer).
-		{name: "mixed-name", url: "http://mixed.example.test/", allow: prefixes("10.0.0.2/32"), byDefault: wantDialled, defaultDials: []string{public}, defaultReason: delivery.ReasonOther,
+		// Mixed records: a name with any private record is refused as a
+		// whole and nothing is dialled; allowlisting the private record
+		// lets both be tried (the test dialer refuses them).
+		{name: "mixed-name", url: "http://mixed.example.test/", allow: prefixes("10.0.0.2/32"), byDefault: wantBlocked,
 			allowed: wantDialled, allowedDials: []string{public, "10.0.0.2"},
 			resolver: map[string][][]netip.Addr{"mixed.example.test": {ips(public, "10.0.0.2")}}},
 		// DNS rebinding: public on the first lookup, private on the next;

@@ -109,24 +109,19 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		return nil, &LookupError{Host: host, Err: fmt.Errorf("%w for network %s", errNoAddresses, network)}
 	}
 
-	allowed := make([]netip.Addr, 0, len(addrs))
-	var blocked error
+	// A name with any record the guard refuses is refused as a whole, even
+	// if other records are public: a receiver's DNS that mixes internal
+	// addresses in is either misconfigured or probing, and dialling "the
+	// other one" would make the outcome depend on record order.
 	for _, a := range addrs {
 		if err := d.guard.Check(a); err != nil {
-			if blocked == nil {
-				blocked = err
-			}
-			continue
+			return nil, err
 		}
-		allowed = append(allowed, a)
-	}
-	if len(allowed) == 0 {
-		return nil, blocked
 	}
 
 	var lastErr error
-	for i, a := range allowed {
-		dialCtx, cancel := partialDeadline(ctx, len(allowed)-i)
+	for i, a := range addrs {
+		dialCtx, cancel := partialDeadline(ctx, len(addrs)-i)
 		conn, err := d.dial(dialCtx, dialNetwork(a), netip.AddrPortFrom(a, uint16(port)).String())
 		cancel()
 		if err == nil {
