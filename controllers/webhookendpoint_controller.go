@@ -549,7 +549,7 @@ func buildManagedSecret(ep *heraldv1.WebhookEndpoint, name string, keys []herald
 	if handledRotation != "" {
 		annotations[heraldv1.HandledRotationAnnotation] = handledRotation
 	}
-	controller := true
+	isController := true
 	secret := &corev1.Secret{
 		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
 		ObjectMeta: metav1.ObjectMeta{
@@ -565,8 +565,8 @@ func buildManagedSecret(ep *heraldv1.WebhookEndpoint, name string, keys []herald
 				Kind:               "WebhookEndpoint",
 				Name:               ep.Name,
 				UID:                ep.UID,
-				Controller:         &controller,
-				BlockOwnerDeletion: &controller,
+				Controller:         &isController,
+				BlockOwnerDeletion: &isController,
 			}},
 		},
 		Type: corev1.SecretTypeOpaque,
