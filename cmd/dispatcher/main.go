@@ -231,7 +231,7 @@ func run(ctx context.Context, o options) error {
 	// (so the catalog is complete before the first event is routed) and stop
 	// in reverse order on SIGTERM, within the graceful shutdown timeout.
 	syncDeliveries := func() { deliveries.Sync(cat.Endpoints()) }
-	cat.OnChange(syncDeliveries)
+	cat.OnEndpointsChange(syncDeliveries)
 	// A deleted endpoint's consumer and queued deliveries go with it;
 	// otherwise they would stay forever and count against the stream's
 	// consumer limit. (Every replica does this; it is idempotent.)
