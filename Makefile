@@ -70,7 +70,7 @@ build: ## Build the manager and dispatcher binaries into bin/.
 	CGO_ENABLED=0 go build -trimpath -o $(LOCALBIN)/ ./cmd/manager ./cmd/dispatcher
 
 .PHONY: run
-run: manifests generate ## Run the manager against the cluster in ~/.kube/config (or $$KUBECONFIG).
+run: manifests generate ## Run the manager against the cluster in ~/.kube/config (or the KUBECONFIG file).
 	go run ./cmd/manager --manage-dispatcher=false --metrics-secure=false --metrics-bind-address=:8080
 
 .PHONY: install
