@@ -25,10 +25,13 @@ import (
 
 // CacheOptions restricts the dispatcher's informers: Secrets are
 // label-selected, so the dispatcher never lists, watches or holds a Secret
-// that is not an endpoint's managed Secret.
+// that is not an endpoint's managed Secret. Cached objects are kept without
+// their managedFields, which the dispatcher never reads (it writes status
+// with server-side apply) and which are often the larger part of an object.
 func CacheOptions(scheme *runtime.Scheme) cache.Options {
 	return cache.Options{
-		Scheme: scheme,
+		Scheme:           scheme,
+		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
 			&corev1.Secret{}: {Label: labels.SelectorFromSet(labels.Set{heraldv1.SecretTypeLabel: heraldv1.SecretTypeEndpoint})},
 		},

@@ -301,6 +301,9 @@ func newTestManager(t testing.TB, q *queue.Queue, mutate ...func(*Options)) (*Ma
 		Lookup:       (&lookupTable{}).Lookup,
 		FetchWait:    500 * time.Millisecond,
 		Breaker:      BreakerConfig{Threshold: 100},
+		// Tests publish straight into the queue, without the fan-out
+		// stage's Wake: the sweep finds those deliveries.
+		SweepInterval: 100 * time.Millisecond,
 	}
 	for _, m := range mutate {
 		m(&opts)

@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -59,7 +60,21 @@ type Options struct {
 	// FetchWait is how long one fetch waits for a delivery; defaults to the
 	// queue's default.
 	FetchWait time.Duration
+	// IdleAfter is how long an endpoint's loop fetches nothing before the
+	// endpoint goes idle: its consumer is released and its loop waits to
+	// be woken (Wake, or the sweep). Defaults to DefaultIdleAfter.
+	IdleAfter time.Duration
+	// SweepInterval is how often idle endpoints are checked for deliveries
+	// that arrived without a Wake (queued by another replica, replayed from
+	// the dead-letter stream). Defaults to DefaultSweepInterval.
+	SweepInterval time.Duration
 }
+
+// Idle endpoint defaults.
+const (
+	DefaultIdleAfter     = 30 * time.Second
+	DefaultSweepInterval = 10 * time.Second
+)
 
 // Manager runs one delivery loop per active endpoint. Create it with
 // NewManager, call Sync with the catalog's endpoints whenever they change,
@@ -74,6 +89,7 @@ type Manager struct {
 	breaker   BreakerConfig
 	now       func() time.Time
 	fetchWait time.Duration
+	idleAfter time.Duration
 
 	// loopsCtx parents every worker's fetch loop; attemptsCtx parents every
 	// attempt, and is only cancelled when Stop runs out of time.
@@ -116,6 +132,7 @@ func NewManager(opts Options) (*Manager, error) {
 		breaker:   opts.Breaker.withDefaults(),
 		now:       opts.Now,
 		fetchWait: opts.FetchWait,
+		idleAfter: cmp.Or(opts.IdleAfter, DefaultIdleAfter),
 		workers:   map[string]*worker{},
 		retiring:  map[*worker]struct{}{},
 		gone:      map[string]int64{},
@@ -129,7 +146,60 @@ func NewManager(opts Options) (*Manager, error) {
 	}
 	m.loopsCtx, m.cancelLoops = context.WithCancel(context.Background())
 	m.attemptsCtx, m.cancelAttempts = context.WithCancel(context.Background())
+	go m.sweep(cmp.Or(opts.SweepInterval, DefaultSweepInterval))
 	return m, nil
+}
+
+// Wake tells an idle endpoint's loop that deliveries were queued for it:
+// the fan-out stage calls it after queueing. It does nothing for an
+// endpoint that is not idle or not delivered to.
+func (m *Manager) Wake(namespace, name string) {
+	m.mu.Lock()
+	w := m.workers[namespace+"/"+name]
+	m.mu.Unlock()
+	if w != nil {
+		w.wake()
+	}
+}
+
+// sweep wakes idle endpoints that have deliveries stored, every interval
+// until Stop: deliveries queued by another dispatcher replica or replayed
+// from the dead-letter stream arrive without a Wake.
+func (m *Manager) sweep(interval time.Duration) {
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-m.loopsCtx.Done():
+			return
+		case <-ticker.C:
+		}
+		m.mu.Lock()
+		var idle []*worker
+		for _, w := range m.workers {
+			if w.idle.Load() {
+				idle = append(idle, w)
+			}
+		}
+		m.mu.Unlock()
+		if len(idle) == 0 {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(m.loopsCtx, finishTimeout)
+		queued, err := m.queue.QueuedEndpoints(ctx)
+		cancel()
+		if err != nil {
+			if m.loopsCtx.Err() == nil {
+				m.log.Error(err, "Checking idle endpoints for deliveries failed")
+			}
+			continue
+		}
+		for _, w := range idle {
+			if queued[queue.EndpointKey{Namespace: w.namespace, Name: w.name}] > 0 {
+				w.wake()
+			}
+		}
+	}
 }
 
 // Sync makes the running delivery loops match endpoints, the complete set

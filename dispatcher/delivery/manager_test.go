@@ -346,6 +346,48 @@ func TestManagerOrderedKeepsOrderAcrossRetry(t *testing.T) {
 	}
 }
 
+// TestManagerBacklogUsesMaxInFlight: a backlog is delivered with
+// maxInFlight requests at once (fetched in batches), never more, and every
+// delivery arrives exactly once.
+func TestManagerBacklogUsesMaxInFlight(t *testing.T) {
+	q := openQueue(t)
+	const deliveries, limit = 60, 6
+	var inFlight, peak atomic.Int32
+	rc := newReceiver(t, func(_ int, w http.ResponseWriter, _ *http.Request) {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for {
+			m := peak.Load()
+			if n <= m || peak.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		time.Sleep(20 * time.Millisecond) // long enough for the others to arrive
+		w.WriteHeader(http.StatusOK)
+	})
+	for i := range deliveries {
+		publish(t, q, "shop", "bulk", "d-"+strconv.Itoa(i))
+	}
+	m, out, _ := newTestManager(t, q)
+	ep := testEndpoint("shop", "bulk", rc.URL)
+	ep.Spec.MaxInFlight = new(int32(limit))
+	m.Sync([]*catalog.Endpoint{ep})
+
+	out.waitFor(t, "shop/bulk", "every delivery", func(os []Outcome) bool { return countSuccess(os) == deliveries })
+	if n := peak.Load(); n != limit {
+		t.Errorf("at most %d requests overlapped, want exactly maxInFlight %d", n, limit)
+	}
+	seen := map[string]int{}
+	for _, r := range rc.received() {
+		seen[orderOf(t, r.Body)]++
+	}
+	for i := range deliveries {
+		if id := "d-" + strconv.Itoa(i); seen[id] != 1 {
+			t.Errorf("delivery %s arrived %d times", id, seen[id])
+		}
+	}
+}
+
 // TestManagerFailingEndpointDoesNotDelayHealthy: while one endpoint's
 // receiver hangs until every attempt times out, all deliveries to a healthy
 // endpoint complete — and the failing endpoint is still retrying then.
@@ -733,4 +775,70 @@ func TestManagerCircuitBreakerProbes(t *testing.T) {
 	if last := got[len(got)-1]; last.CircuitOpen {
 		t.Errorf("circuit still open after deliveries succeeded: %+v", last)
 	}
+}
+
+// deliveryConsumers is the number of consumers of the deliveries stream.
+func deliveryConsumers(t *testing.T, q *queue.Queue) int {
+	t.Helper()
+	stream, err := q.JetStream().Stream(testContext(t), queue.DeliveriesStream)
+	if err != nil {
+		t.Fatalf("deliveries stream: %v", err)
+	}
+	info, err := stream.Info(testContext(t))
+	if err != nil {
+		t.Fatalf("deliveries stream info: %v", err)
+	}
+	return info.State.Consumers
+}
+
+func waitForConsumers(t *testing.T, q *queue.Queue, want int, what string) {
+	t.Helper()
+	deadline := time.Now().Add(testTimeout)
+	for deliveryConsumers(t, q) != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: the deliveries stream has %d consumers, want %d", what, deliveryConsumers(t, q), want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestManagerIdleEndpointReleasesConsumerAndWakes: an endpoint with nothing
+// queued holds no consumer; Wake starts delivery of what was queued at
+// once, and the consumer is released again once the endpoint is idle for
+// IdleAfter.
+func TestManagerIdleEndpointReleasesConsumerAndWakes(t *testing.T) {
+	q := openQueue(t)
+	rc := newReceiver(t, nil)
+	m, out, _ := newTestManager(t, q, func(o *Options) {
+		o.FetchWait = 100 * time.Millisecond
+		o.IdleAfter = 300 * time.Millisecond
+		o.SweepInterval = time.Hour // only Wake can start delivery here
+	})
+	m.Sync([]*catalog.Endpoint{testEndpoint("shop", "quiet", rc.URL)})
+	waitForConsumers(t, q, 0, "a new endpoint with nothing queued")
+
+	for round := 1; round <= 2; round++ {
+		publish(t, q, "shop", "quiet", "e-"+strconv.Itoa(round))
+		m.Wake("shop", "quiet")
+		out.waitFor(t, "shop/quiet", "delivery after Wake", func(os []Outcome) bool { return countSuccess(os) == round })
+		waitForConsumers(t, q, 0, "the endpoint idle again")
+	}
+	if n := len(rc.received()); n != 2 {
+		t.Errorf("receiver got %d requests, want 2", n)
+	}
+}
+
+// TestManagerSweepWakesIdleEndpoint: deliveries queued without a Wake (by
+// another replica, or a dead-letter replay) are found by the sweep.
+func TestManagerSweepWakesIdleEndpoint(t *testing.T) {
+	q := openQueue(t)
+	rc := newReceiver(t, nil)
+	m, out, _ := newTestManager(t, q, func(o *Options) {
+		o.FetchWait = 100 * time.Millisecond
+		o.IdleAfter = 300 * time.Millisecond
+	})
+	m.Sync([]*catalog.Endpoint{testEndpoint("shop", "quiet", rc.URL)})
+	waitForConsumers(t, q, 0, "a new endpoint with nothing queued")
+	publish(t, q, "shop", "quiet", "e-1")
+	out.waitFor(t, "shop/quiet", "delivery found by the sweep", func(os []Outcome) bool { return countSuccess(os) == 1 })
 }

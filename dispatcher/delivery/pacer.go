@@ -231,6 +231,40 @@ func (p *Pacer) Acquire(ctx context.Context) (*Ticket, error) {
 	}
 }
 
+// TryAcquire returns up to n tickets that may be used right now without
+// waiting: the circuit is closed, a slot is free under maxInFlight and the
+// token bucket has a token for each. It returns none while the circuit is
+// open or half-open: the probe is only ever handed out by Acquire.
+//
+// The delivery loop calls it after Acquire, for a backlog it knows of, to
+// fetch several deliveries in one round trip. Tokens it takes are spent
+// even if fewer deliveries arrive, so callers ask only for as many as are
+// known to be waiting.
+func (p *Pacer) TryAcquire(n int) []*Ticket {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.breaker.state != breakerClosed {
+		return nil
+	}
+	n = min(n, p.maxInFlight-p.inFlight)
+	if n <= 0 {
+		return nil
+	}
+	if p.limiter != nil {
+		now := time.Now()
+		n = min(n, int(p.limiter.TokensAt(now)))
+		if n <= 0 || !p.limiter.AllowN(now, n) {
+			return nil
+		}
+	}
+	tickets := make([]*Ticket, n)
+	for i := range tickets {
+		tickets[i] = &Ticket{pacer: p}
+	}
+	p.inFlight += n
+	return tickets
+}
+
 func (t *Ticket) waitForToken(ctx context.Context, limiter *rate.Limiter) error {
 	if limiter == nil {
 		return nil
@@ -282,6 +316,13 @@ func (t *Ticket) Release() {
 		}
 		p.notifyLocked()
 	})
+}
+
+// InFlight is the number of tickets not yet ended.
+func (p *Pacer) InFlight() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.inFlight
 }
 
 // CircuitOpen reports whether the circuit is open or half-open.

@@ -199,3 +199,56 @@ func TestPacerRateLimit(t *testing.T) {
 	}
 	tk.Done(true)
 }
+
+// TestPacerTryAcquire: extra tickets for a batch come only from free slots
+// and available tokens, never while the circuit is not closed, and are
+// given back like any other.
+func TestPacerTryAcquire(t *testing.T) {
+	ctx := testContext(t)
+
+	p := NewPacer(4, nil, BreakerConfig{Threshold: 1, Cooldown: time.Hour})
+	first, err := p.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra := p.TryAcquire(10)
+	if len(extra) != 3 {
+		t.Fatalf("TryAcquire(10) with 3 free slots gave %d tickets, want 3", len(extra))
+	}
+	if more := p.TryAcquire(1); len(more) != 0 {
+		t.Fatalf("TryAcquire with no free slot gave %d tickets", len(more))
+	}
+	extra[0].Release()
+	extra[1].Done(true)
+	if more := p.TryAcquire(5); len(more) != 2 {
+		t.Fatalf("TryAcquire after 2 slots were freed gave %d tickets, want 2", len(more))
+	} else {
+		more[0].Release()
+		more[1].Release()
+	}
+	// One failure opens the circuit (threshold 1): no batch tickets, and
+	// the probe is not handed out by TryAcquire.
+	first.Done(false)
+	if !p.CircuitOpen() {
+		t.Fatal("circuit not open after a failure at threshold 1")
+	}
+	if more := p.TryAcquire(1); len(more) != 0 {
+		t.Fatalf("TryAcquire with the circuit open gave %d tickets", len(more))
+	}
+	extra[2].Release()
+
+	// With a rate limit, only the tokens in the bucket are handed out, and
+	// they are spent.
+	burst := int32(3)
+	p = NewPacer(10, &heraldv1.RateLimitSpec{RequestsPerSecond: 1, Burst: &burst}, BreakerConfig{})
+	got := p.TryAcquire(5)
+	if len(got) != 3 {
+		t.Fatalf("TryAcquire(5) with 3 tokens gave %d tickets, want 3", len(got))
+	}
+	for _, tk := range got {
+		tk.Release()
+	}
+	if more := p.TryAcquire(1); len(more) != 0 {
+		t.Fatalf("TryAcquire with an empty bucket gave %d tickets", len(more))
+	}
+}

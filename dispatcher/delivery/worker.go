@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -30,6 +31,13 @@ type worker struct {
 	// cancelLoop ends the current fetch loop so that run recreates the
 	// consumer with new options.
 	cancelLoop context.CancelFunc
+
+	// idle is set while the endpoint is idle: no consumer, the loop waits
+	// for wakeup. wakes counts Wake calls; wakeup holds at most one
+	// pending signal.
+	idle   atomic.Bool
+	wakes  atomic.Uint64
+	wakeup chan struct{}
 }
 
 func newWorker(m *Manager, ep *catalog.Endpoint, cfg *workerConfig) *worker {
@@ -45,6 +53,7 @@ func newWorker(m *Manager, ep *catalog.Endpoint, cfg *workerConfig) *worker {
 		cancel:    cancel,
 		done:      make(chan struct{}),
 		cfg:       cfg,
+		wakeup:    make(chan struct{}, 1),
 	}
 }
 
@@ -83,13 +92,33 @@ func (w *worker) beginLoop() (*workerConfig, context.Context, context.CancelFunc
 	return w.cfg, ctx, cancel
 }
 
-// run creates the endpoint's consumer and fetches until the worker stops,
-// recreating the consumer when its options change.
+// run fetches the endpoint's deliveries until the worker stops. While the
+// endpoint has nothing queued it is idle: the loop holds no consumer and
+// waits to be woken. Otherwise it creates the consumer and fetches until
+// nothing came for the manager's idleAfter, recreating the consumer when
+// its options change.
 func (w *worker) run() {
 	defer close(w.done)
 	const minRetry, maxRetry = 500 * time.Millisecond, 30 * time.Second
 	retry := minRetry
 	for w.ctx.Err() == nil {
+		// Read before checking: a Wake after this point is not missed.
+		woken := w.wakes.Load()
+		idle, err := w.releaseIfIdle()
+		if err != nil {
+			if w.ctx.Err() != nil {
+				return
+			}
+			w.log.Error(err, "Cannot check the endpoint's queue, retrying", "retryIn", retry)
+			sleep(w.ctx, retry)
+			retry = min(2*retry, maxRetry)
+			continue
+		}
+		if idle {
+			w.waitForWake(woken)
+			continue
+		}
+
 		cfg, loopCtx, cancel := w.beginLoop()
 		consumer, err := w.m.queue.DeliveryConsumer(loopCtx, w.namespace, w.name, cfg.consumerOpts)
 		if err != nil {
@@ -108,44 +137,74 @@ func (w *worker) run() {
 	}
 }
 
+// fetchLoop takes deliveries from the consumer as fast as the pacer lets
+// it and starts an attempt for each. It waits for one ticket, then takes
+// further tickets without waiting for the backlog the previous fetch
+// reported, and fetches that many deliveries in one round trip: one per
+// round trip when the endpoint keeps up, up to maxInFlight when it has a
+// backlog.
 func (w *worker) fetchLoop(ctx context.Context, consumer *queue.Consumer) {
+	var backlog uint64
+	lastDelivery := time.Now()
 	for {
 		ticket, err := w.pacer.Acquire(ctx)
 		if err != nil {
 			return
+		}
+		tickets := []*Ticket{ticket}
+		if backlog > 0 {
+			tickets = append(tickets, w.pacer.TryAcquire(int(min(backlog, maxFetchBatch-1)))...)
 		}
 		// The fetch itself is not cut short when the loop is asked to stop:
 		// a pull request abandoned by the client stays on the server until
 		// it expires and can take a delivery nobody receives, which would
 		// then wait for its whole AckWait. It ends by itself within the
 		// consumer's FetchWait; only Stop running out of time cancels it.
-		msgs, err := consumer.Fetch(w.m.attemptsCtx, 1)
+		msgs, err := consumer.Fetch(w.m.attemptsCtx, len(tickets))
+		for _, t := range tickets[len(msgs):] {
+			t.Release()
+		}
 		if ctx.Err() != nil {
-			ticket.Release()
-			for _, msg := range msgs {
+			for i, msg := range msgs {
+				tickets[i].Release()
 				w.handBack(msg)
 			}
 			return
 		}
-		if err != nil || len(msgs) == 0 {
-			ticket.Release()
+		if len(msgs) == 0 {
+			backlog = 0
 			if err != nil {
 				if w.m.attemptsCtx.Err() != nil {
 					return
 				}
+				// The consumer may be gone (another replica released it):
+				// run checks the queue and creates it again.
 				w.log.Error(err, "Fetching deliveries failed, retrying")
 				sleep(ctx, time.Second)
+				return
+			}
+			if time.Since(lastDelivery) >= w.m.idleAfter && w.pacer.InFlight() == 0 {
+				return // run releases the consumer if nothing is pending
 			}
 			continue
 		}
+		lastDelivery = time.Now()
+		// An error after some messages arrived is the next fetch's to
+		// report; the messages are ours now.
+		backlog = msgs[len(msgs)-1].Pending
 		cfg := w.config()
-		w.m.attempts.Add(1)
-		go func() {
-			defer w.m.attempts.Done()
-			w.process(cfg, msgs[0], ticket)
-		}()
+		w.m.attempts.Add(len(msgs))
+		for i, msg := range msgs {
+			go func() {
+				defer w.m.attempts.Done()
+				w.process(cfg, msg, tickets[i])
+			}()
+		}
 	}
 }
+
+// maxFetchBatch bounds the deliveries one fetch takes.
+const maxFetchBatch = 64
 
 // handBackDelay is how long a delivery handed back without an attempt
 // waits before the queue offers it again.
@@ -154,6 +213,45 @@ const handBackDelay = time.Second
 // handBack returns a delivery to the queue without attempting it.
 func (w *worker) handBack(msg *queue.Message) {
 	w.nak(msg, handBackDelay)
+}
+
+// releaseIfIdle releases the endpoint's consumer when nothing is queued,
+// in flight or waiting for a retry, and reports whether it did.
+func (w *worker) releaseIfIdle() (bool, error) {
+	ctx, cancel := context.WithTimeout(w.ctx, finishTimeout)
+	defer cancel()
+	pending, err := w.m.queue.Pending(ctx, w.namespace, w.name)
+	if err != nil || pending > 0 {
+		return false, err
+	}
+	if err := w.m.queue.ReleaseDeliveryConsumer(ctx, w.namespace, w.name); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// waitForWake waits until Wake was called since wakes read woken, or the
+// worker stops.
+func (w *worker) waitForWake(woken uint64) {
+	w.idle.Store(true)
+	defer w.idle.Store(false)
+	w.log.V(2).Info("Endpoint idle")
+	for w.wakes.Load() == woken {
+		select {
+		case <-w.ctx.Done():
+			return
+		case <-w.wakeup:
+		}
+	}
+}
+
+// wake ends waitForWake, or makes the next one return at once.
+func (w *worker) wake() {
+	w.wakes.Add(1)
+	select {
+	case w.wakeup <- struct{}{}:
+	default:
+	}
 }
 
 func sleep(ctx context.Context, d time.Duration) {

@@ -244,6 +244,10 @@ type Message struct {
 	NumDelivered uint64
 	// Timestamp is when the message was stored.
 	Timestamp time.Time
+	// Pending is how many further messages were waiting for the consumer
+	// when this one was delivered (not counting messages delivered and not
+	// yet acknowledged): the backlog behind it, for sizing the next Fetch.
+	Pending uint64
 
 	msg jetstream.Msg
 }
@@ -267,6 +271,7 @@ func newMessage(m jetstream.Msg) (*Message, error) {
 		Sequence:     meta.Sequence.Stream,
 		NumDelivered: meta.NumDelivered,
 		Timestamp:    meta.Timestamp,
+		Pending:      meta.NumPending,
 		msg:          m,
 	}, nil
 }

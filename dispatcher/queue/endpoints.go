@@ -120,3 +120,44 @@ func (q *Queue) RemoveEndpoint(ctx context.Context, namespace, endpoint string) 
 	}
 	return nil
 }
+
+// ReleaseDeliveryConsumer deletes an endpoint's delivery consumer while the
+// endpoint is idle, to free what the server keeps for it; the endpoint's
+// queued deliveries, if any arrive meanwhile, stay in the stream and are
+// delivered once DeliveryConsumer creates the consumer again (it starts at
+// the oldest stored delivery). Only call it when Pending is zero: retry
+// timers and delivery counts of unacknowledged deliveries live in the
+// consumer and would be reset. Releasing a consumer that does not exist is
+// not an error.
+func (q *Queue) ReleaseDeliveryConsumer(ctx context.Context, namespace, endpoint string) error {
+	if err := validateEndpoint(namespace, endpoint); err != nil {
+		return err
+	}
+	name := deliveryConsumerName(namespace, endpoint)
+	if err := q.deliveries.DeleteConsumer(ctx, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("release delivery consumer of %s/%s: %w", namespace, endpoint, err)
+	}
+	return nil
+}
+
+// EndpointKey names an endpoint by namespace and name.
+type EndpointKey struct{ Namespace, Name string }
+
+// QueuedEndpoints returns every endpoint that has deliveries stored (queued,
+// in flight or waiting for a retry) with their number. One request answers
+// for all endpoints.
+func (q *Queue) QueuedEndpoints(ctx context.Context) (map[EndpointKey]uint64, error) {
+	info, err := q.deliveries.Info(ctx, jetstream.WithSubjectFilter(deliveriesPrefix+".*.*"))
+	if err != nil {
+		return nil, fmt.Errorf("list endpoints with queued deliveries: %w", err)
+	}
+	out := make(map[EndpointKey]uint64, len(info.State.Subjects))
+	for subject, n := range info.State.Subjects {
+		namespace, endpoint, err := parseSubject(subject)
+		if err != nil || endpoint == "" {
+			continue // not published by this package; Fetch terminates it
+		}
+		out[EndpointKey{namespace, endpoint}] += n
+	}
+	return out, nil
+}
