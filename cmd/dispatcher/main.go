@@ -207,7 +207,11 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("delivery manager: %w", err)
 	}
 
-	rt, err := router.New(q, cat, log.WithName("router"), router.Options{Reporter: reporter, Registerer: metrics.Registry})
+	rt, err := router.New(q, cat, log.WithName("router"), router.Options{
+		Reporter:   reporter,
+		Queued:     deliveries.Wake,
+		Registerer: metrics.Registry,
+	})
 	if err != nil {
 		return fmt.Errorf("router: %w", err)
 	}

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"strconv"
@@ -104,20 +105,178 @@ func validateEndpoint(namespace, endpoint string) error {
 	return validateName("endpoint", endpoint)
 }
 
-// publish sends one message with a de-duplication id and waits for the
-// JetStream acknowledgement, retrying transient failures until ctx ends.
-func (q *Queue) publish(ctx context.Context, stream, subject, dedupID string, payload []byte, header Header) (uint64, bool, error) {
+// DeliveryPublish is one delivery of a PublishDeliveries batch; the fields
+// are PublishDelivery's arguments.
+type DeliveryPublish struct {
+	Namespace string
+	Endpoint  string
+	// DedupID must be stable for the event and endpoint (DeliveryDedupID).
+	DedupID string
+	Payload []byte
+	Header  Header
+}
+
+// PublishResult is the outcome of one entry of a PublishDeliveries batch.
+type PublishResult struct {
+	// Sequence is the message's stream sequence; for a duplicate, the
+	// sequence of the message stored first.
+	Sequence uint64
+	// Duplicate reports that the de-duplication id was already stored.
+	Duplicate bool
+	// Err is set when the entry may not be stored. It wraps the errors
+	// PublishDelivery's does (ErrClosed, ErrQueueFull, ErrMessageTooLarge).
+	Err error
+}
+
+// PublishDeliveries queues a batch of deliveries, each like PublishDelivery,
+// but pipelined: every message is sent before any acknowledgement is awaited,
+// so the batch costs about one round trip instead of one per delivery. The
+// results are in the order of batch.
+//
+// Order: the messages are sent in slice order on the queue's one connection,
+// so JetStream stores those it accepts on the first attempt in that order.
+// An entry whose first attempt fails transiently (an acknowledgement
+// timeout, a reconnect, a stream leader election) is retried synchronously,
+// in order, with its de-duplication id until ctx ends — by then later
+// entries may already be stored, so a retried entry can land after them.
+// Once sending fails transiently, the remaining entries are not sent
+// asynchronously but published one by one, in order, after the retries of
+// the earlier ones.
+//
+// An invalid entry (bad names, empty dedup id, reserved header) or one that
+// fails permanently (too large) fails alone; the others are published.
+func (q *Queue) PublishDeliveries(ctx context.Context, batch []DeliveryPublish) []PublishResult {
+	results := make([]PublishResult, len(batch))
+	subjects := make([]string, len(batch))
+	futures := make([]jetstream.PubAckFuture, len(batch))
+	retry := make([]bool, len(batch))
+	sending := true
+	for i, d := range batch {
+		if err := validateEndpoint(d.Namespace, d.Endpoint); err != nil {
+			results[i].Err = err
+			continue
+		}
+		subjects[i] = DeliverySubject(d.Namespace, d.Endpoint)
+		msg, err := newPublishMsg(subjects[i], d.DedupID, d.Payload, d.Header)
+		if err != nil {
+			results[i].Err = err
+			continue
+		}
+		if !sending {
+			retry[i] = true
+			continue
+		}
+		futures[i], err = q.publishAsync(ctx, msg, d.DedupID)
+		switch {
+		case err == nil:
+		case isTransientAsync(err):
+			// Keep the order: this entry and all later ones go through the
+			// synchronous path, after the entries already sent.
+			q.log.V(1).Info("Asynchronous publish failed, publishing the rest of the batch synchronously", "subject", subjects[i], "error", err.Error())
+			sending = false
+			retry[i] = true
+		default:
+			results[i].Err = fmt.Errorf("publish to %s: %w", subjects[i], classify(q.connectionError(err)))
+		}
+	}
+	for i, f := range futures {
+		if f == nil {
+			continue
+		}
+		ack, err := awaitPubAck(ctx, f)
+		switch {
+		case err == nil:
+			results[i] = PublishResult{Sequence: ack.Sequence, Duplicate: ack.Duplicate}
+		case isTransientAsync(err):
+			q.log.V(1).Info("Asynchronous publish failed, retrying", "subject", subjects[i], "error", err.Error())
+			retry[i] = true
+		default:
+			results[i].Err = fmt.Errorf("publish to %s: %w", subjects[i], classify(err))
+		}
+	}
+	for i, d := range batch {
+		if !retry[i] {
+			continue
+		}
+		seq, duplicate, err := q.publish(ctx, DeliveriesStream, subjects[i], d.DedupID, d.Payload, d.Header)
+		results[i] = PublishResult{Sequence: seq, Duplicate: duplicate, Err: err}
+	}
+	return results
+}
+
+// publishAsync sends msg without waiting for its acknowledgement. When the
+// connection's asynchronous publishes in flight reach the JetStream
+// context's limit (PublishAsyncMaxPending), it waits for a free slot for up
+// to PublishTimeout, bounded by ctx.
+func (q *Queue) publishAsync(ctx context.Context, msg *nats.Msg, dedupID string) (jetstream.PubAckFuture, error) {
+	stallWait := q.cfg.PublishTimeout
+	if deadline, ok := ctx.Deadline(); ok {
+		stallWait = min(stallWait, time.Until(deadline))
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if stallWait <= 0 {
+		return nil, context.DeadlineExceeded
+	}
+	return q.js.PublishMsgAsync(msg, jetstream.WithMsgID(dedupID), jetstream.WithExpectStream(DeliveriesStream),
+		jetstream.WithStallWait(stallWait))
+}
+
+// awaitPubAck waits for an asynchronous publish's acknowledgement. The
+// JetStream context fails an acknowledgement that takes longer than
+// PublishTimeout (see Open), so the wait is bounded without a timer here.
+func awaitPubAck(ctx context.Context, f jetstream.PubAckFuture) (*jetstream.PubAck, error) {
+	select {
+	case ack := <-f.Ok():
+		return ack, nil
+	case err := <-f.Err():
+		return nil, err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// isTransientAsync is isTransient for asynchronous publishes, which fail
+// with their own errors when the acknowledgement times out or too many
+// publishes are in flight.
+func isTransientAsync(err error) bool {
+	return isTransient(err) || errors.Is(err, jetstream.ErrAsyncPublishTimeout) || errors.Is(err, jetstream.ErrTooManyStalledMsgs)
+}
+
+// connectionError makes a failed send on a closed connection report
+// nats.ErrConnectionClosed: the client returns some such failures as plain
+// text (setting up the asynchronous reply subscription, for one).
+func (q *Queue) connectionError(err error) error {
+	if q.nc.IsClosed() && !errors.Is(err, nats.ErrConnectionClosed) {
+		return fmt.Errorf("%w: %w", nats.ErrConnectionClosed, err)
+	}
+	return err
+}
+
+// newPublishMsg checks a publish's de-duplication id and headers and builds
+// its message, with a copy of header.
+func newPublishMsg(subject, dedupID string, payload []byte, header Header) (*nats.Msg, error) {
 	if dedupID == "" {
-		return 0, false, fmt.Errorf("publish to %s: de-duplication id must not be empty", subject)
+		return nil, fmt.Errorf("publish to %s: de-duplication id must not be empty", subject)
 	}
 	for key := range header {
 		if strings.HasPrefix(strings.ToLower(key), natsHeaderPrefix) {
-			return 0, false, fmt.Errorf("publish to %s: header %q is reserved for JetStream", subject, key)
+			return nil, fmt.Errorf("publish to %s: header %q is reserved for JetStream", subject, key)
 		}
 	}
-	msg := &nats.Msg{Subject: subject, Data: payload, Header: cloneHeader(header)}
+	return &nats.Msg{Subject: subject, Data: payload, Header: cloneHeader(header)}, nil
+}
+
+// publish sends one message with a de-duplication id and waits for the
+// JetStream acknowledgement, retrying transient failures until ctx ends.
+func (q *Queue) publish(ctx context.Context, stream, subject, dedupID string, payload []byte, header Header) (uint64, bool, error) {
+	msg, err := newPublishMsg(subject, dedupID, payload, header)
+	if err != nil {
+		return 0, false, err
+	}
 	var ack *jetstream.PubAck
-	err := retryTransient(ctx, q.cfg.PublishTimeout, func(attemptCtx context.Context) error {
+	err = retryTransient(ctx, q.cfg.PublishTimeout, func(attemptCtx context.Context) error {
 		var err error
 		// ExpectStream guards against another stream on the server claiming
 		// the subject: the message must land where consumers look for it.

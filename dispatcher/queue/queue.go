@@ -133,7 +133,13 @@ func Open(ctx context.Context, cfg Config, log logr.Logger) (*Queue, error) {
 		return nil, fmt.Errorf("connect to NATS %s: %w", target, err)
 	}
 	q.nc = nc
-	if q.js, err = jetstream.New(nc, jetstream.WithDefaultTimeout(cfg.PublishTimeout)); err != nil {
+	// The asynchronous publish timeout fails an acknowledgement that never
+	// comes (a message lost in a leader change) instead of keeping it in
+	// the context's table of publishes in flight, which is bounded
+	// (PublishAsyncMaxPending, 4,000 by default: enough for the router,
+	// whose batch publishes wait for a free slot).
+	if q.js, err = jetstream.New(nc, jetstream.WithDefaultTimeout(cfg.PublishTimeout),
+		jetstream.WithPublishAsyncTimeout(cfg.PublishTimeout)); err != nil {
 		_ = q.Close()
 		return nil, fmt.Errorf("create JetStream context: %w", err)
 	}

@@ -8,6 +8,24 @@
 // event is acknowledged only after every delivery publish was acknowledged,
 // so a crash in the middle of a fan-out redelivers the event and the second
 // fan-out stores only the deliveries the first one did not.
+//
+// Fan-out is pipelined per namespace: the events of one namespace in a
+// fetched batch are matched first, then all their deliveries are published
+// in one asynchronous batch (queue.PublishDeliveries), in event order, and
+// the events are settled in order. Deliveries to an endpoint are therefore
+// stored in the order of their events, with one exception: a delivery
+// publish that fails is retried after the deliveries of later events of the
+// batch were sent, and those may be stored by then. The queue retries a
+// transiently failed publish itself, at the end of the batch; if that fails
+// too, the event and every later event of its namespace in the batch are
+// returned for redelivery (a later event is never acknowledged ahead of an
+// earlier failed one), and the redelivery stores what is missing and finds
+// the rest de-duplicated. Either way nothing is queued twice (within the
+// queue's duplicate window), but an endpoint can hold a later event's
+// delivery before an earlier one's: after a queue failure an Ordered
+// endpoint may see events out of order. Preventing that would mean waiting
+// for each event's acknowledgements before sending the next event's
+// deliveries, the round trip per event this design removes.
 package router
 
 import (
@@ -33,11 +51,11 @@ const DefaultConsumerName = "router"
 
 // Defaults for zero Options fields.
 const (
-	DefaultBatchSize     = 64
-	DefaultWorkers       = 4
-	DefaultPublishers    = 8
-	DefaultRetryDelay    = time.Second
-	DefaultMaxRetryDelay = 30 * time.Second
+	DefaultBatchSize      = 64
+	DefaultWorkers        = 4
+	DefaultConcurrentAcks = 16
+	DefaultRetryDelay     = time.Second
+	DefaultMaxRetryDelay  = 30 * time.Second
 )
 
 // Catalog is what the router needs from the dispatcher's catalog.
@@ -58,7 +76,8 @@ type Catalog interface {
 
 // MatchReporter is told, after an event's deliveries are queued and the
 // event acknowledged, which Subscriptions matched it (health reporting
-// counts them in status.matched).
+// counts them in status.matched). Events are acknowledged concurrently, so
+// Matched must be safe for concurrent use.
 type MatchReporter interface {
 	Matched(namespace, subscription string, at time.Time)
 }
@@ -66,7 +85,9 @@ type MatchReporter interface {
 // Queue is the part of *queue.Queue the router uses.
 type Queue interface {
 	EventConsumer(ctx context.Context, name string, opts queue.ConsumerOptions) (*queue.Consumer, error)
-	PublishDelivery(ctx context.Context, namespace, endpoint, dedupID string, payload []byte, header queue.Header) (seq uint64, duplicate bool, err error)
+	// PublishDeliveries publishes a batch of deliveries in slice order and
+	// returns one result per entry, in the same order.
+	PublishDeliveries(ctx context.Context, batch []queue.DeliveryPublish) []queue.PublishResult
 }
 
 // Options tune a Router. Zero fields take defaults.
@@ -80,16 +101,22 @@ type Options struct {
 	BatchSize int
 	// Workers is how many namespaces of a batch are fanned out in parallel.
 	// Events of one namespace are fanned out in order, so deliveries to an
-	// endpoint are queued in the order this replica received their events.
+	// endpoint are queued in the order this replica received their events
+	// (see the package documentation for the exception after a failure).
 	Workers int
-	// Publishers bounds the concurrent delivery publishes of one event.
-	Publishers int
+	// ConcurrentAcks bounds the event acknowledgements (one round trip
+	// each) in flight at once for one namespace of a batch.
+	ConcurrentAcks int
 	// RetryDelay is the redelivery delay after a failed fan-out; it doubles
 	// with each further failure of the same event up to MaxRetryDelay.
 	RetryDelay    time.Duration
 	MaxRetryDelay time.Duration
 	// Reporter, when set, is told about matched Subscriptions.
 	Reporter MatchReporter
+	// Queued, when set, is called after a delivery to an endpoint was
+	// stored (the delivery stage wakes the endpoint if it is idle). It must
+	// be cheap and safe for concurrent use.
+	Queued func(namespace, endpoint string)
 	// Registerer registers the router's metrics; nil registers none.
 	Registerer prometheus.Registerer
 	// Now is the clock; defaults to time.Now.
@@ -106,8 +133,8 @@ func (o Options) withDefaults() Options {
 	if o.Workers <= 0 {
 		o.Workers = DefaultWorkers
 	}
-	if o.Publishers <= 0 {
-		o.Publishers = DefaultPublishers
+	if o.ConcurrentAcks <= 0 {
+		o.ConcurrentAcks = DefaultConcurrentAcks
 	}
 	if o.RetryDelay <= 0 {
 		o.RetryDelay = DefaultRetryDelay
@@ -191,11 +218,9 @@ func (r *Router) Run(ctx context.Context) error {
 }
 
 // processBatch fans out a batch: namespaces in parallel, the events of one
-// namespace in order. When an event must be retried, the later events of its
-// namespace in the batch are returned for redelivery too rather than
-// overtaking it. Processing is detached from ctx so that shutdown lets the
-// batch finish; it is bounded by AckWait, after which JetStream would
-// redeliver the events anyway.
+// namespace as one pipelined group (processGroup). Processing is detached
+// from ctx so that shutdown lets the batch finish; it is bounded by AckWait,
+// after which JetStream would redeliver the events anyway.
 func (r *Router) processBatch(ctx context.Context, msgs []*queue.Message) {
 	procCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.opts.Consumer.AckWait)
 	defer cancel()
@@ -215,57 +240,80 @@ func (r *Router) processBatch(ctx context.Context, msgs []*queue.Message) {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			for i, m := range group {
-				delay, retry := r.handle(procCtx, m)
-				if !retry {
-					continue
-				}
-				for _, later := range group[i+1:] {
-					if err := later.NakWithDelay(delay); err != nil {
-						r.log.Error(err, "Returning event for redelivery failed; it comes back after AckWait", "namespace", ns)
-					}
-				}
-				return
-			}
+			r.processGroup(procCtx, ns, group)
 		})
 	}
 	wg.Wait()
 }
 
-// handle fans out one event and settles its message. It reports whether the
-// event was returned for redelivery, and after which delay.
-func (r *Router) handle(ctx context.Context, m *queue.Message) (time.Duration, bool) {
-	log := r.log.WithValues("namespace", m.Namespace, "sequence", m.Sequence)
-	res, err := r.fanOut(ctx, m.Namespace, m.Data, m.Header)
-	var permanent *permanentError
-	switch {
-	case errors.As(err, &permanent):
-		// The event passed ingest validation, so this is a bug (or a foreign
-		// publisher): retrying cannot help.
-		log.Error(err, "Terminating event that cannot be fanned out")
-		r.metrics.events.WithLabelValues(ResultInvalid).Inc()
-		if err := m.Term(permanent.Error()); err != nil {
-			log.Error(err, "Terminating event failed; it will be redelivered")
+// processGroup fans out the events of one namespace of a batch and settles
+// them in order: an event whose deliveries were all queued is acknowledged;
+// the first event with a failed delivery is returned for redelivery after
+// its retry delay, and every later event with it, so that no later event is
+// acknowledged ahead of it. Events that can never be fanned out
+// (undecodable, too large for the queue) are terminated wherever they are:
+// they have no deliveries to keep in order.
+//
+// The acknowledgements are round trips of their own (they are confirmed, see
+// queue.Message.Ack), so they run concurrently, up to ConcurrentAcks; their
+// order does not matter because every acknowledged event's deliveries are
+// already stored. One whose confirmation is lost brings its event back after
+// AckWait, and its fan-out is then de-duplicated.
+func (r *Router) processGroup(ctx context.Context, namespace string, msgs []*queue.Message) {
+	outcomes := r.fanOut(ctx, namespace, msgs)
+	var acks errgroup.Group
+	acks.SetLimit(r.opts.ConcurrentAcks)
+	var retrying bool
+	var retryDelay time.Duration
+	for i, m := range msgs {
+		out := outcomes[i]
+		log := r.log.WithValues("namespace", m.Namespace, "sequence", m.Sequence)
+		var permanent *permanentError
+		switch {
+		case errors.As(out.err, &permanent):
+			// The event passed ingest validation, so this is a bug (or a
+			// foreign publisher): retrying cannot help.
+			log.Error(out.err, "Terminating event that cannot be fanned out")
+			r.metrics.events.WithLabelValues(ResultInvalid).Inc()
+			if err := m.Term(permanent.Error()); err != nil {
+				log.Error(err, "Terminating event failed; it will be redelivered")
+			}
+		case retrying:
+			// Its deliveries may be stored already; the redelivery finds
+			// them de-duplicated.
+			if err := m.NakWithDelay(retryDelay); err != nil {
+				log.Error(err, "Returning event for redelivery failed; it comes back after AckWait")
+			}
+		case out.err != nil:
+			retrying = true
+			retryDelay = r.retryDelay(m.NumDelivered)
+			log.Error(out.err, "Fan-out failed, retrying", "retryIn", retryDelay, "attempt", m.NumDelivered)
+			r.metrics.retries.Inc()
+			if err := m.NakWithDelay(retryDelay); err != nil {
+				log.Error(err, "Returning event for redelivery failed; it comes back after AckWait")
+			}
+		default:
+			acks.Go(func() error {
+				r.acknowledge(ctx, log, m, out.result)
+				return nil
+			})
 		}
-		return 0, false
-	case err != nil:
-		delay := r.retryDelay(m.NumDelivered)
-		log.Error(err, "Fan-out failed, retrying", "retryIn", delay, "attempt", m.NumDelivered)
-		r.metrics.retries.Inc()
-		if err := m.NakWithDelay(delay); err != nil {
-			log.Error(err, "Returning event for redelivery failed; it comes back after AckWait")
-		}
-		return delay, true
 	}
+	_ = acks.Wait() // acknowledge reports its own failures
+}
+
+// acknowledge settles an event whose deliveries are all queued and reports
+// its matches.
+func (r *Router) acknowledge(ctx context.Context, log logr.Logger, m *queue.Message, res FanOutResult) {
 	if err := m.Ack(ctx); err != nil {
 		// Every delivery is queued; the redelivered event will find them
 		// all de-duplicated. Not counted now, so it is counted once then.
 		log.Error(err, "Acknowledging fanned-out event failed; it will be redelivered and de-duplicated")
-		return 0, false
+		return
 	}
 	if len(res.Endpoints) == 0 {
 		r.metrics.events.WithLabelValues(ResultUnmatched).Inc()
-		return 0, false
+		return
 	}
 	if r.opts.Reporter != nil {
 		now := r.opts.Now()
@@ -275,7 +323,6 @@ func (r *Router) handle(ctx context.Context, m *queue.Message) (time.Duration, b
 	}
 	r.metrics.events.WithLabelValues(ResultRouted).Inc()
 	log.V(2).Info("Event fanned out", "endpoints", res.Endpoints)
-	return 0, false
 }
 
 func (r *Router) retryDelay(numDelivered uint64) time.Duration {
@@ -300,17 +347,54 @@ type permanentError struct{ err error }
 func (e *permanentError) Error() string { return e.err.Error() }
 func (e *permanentError) Unwrap() error { return e.err }
 
-// fanOut matches a stored event and queues one delivery per endpoint. It is
-// safe to repeat: the deliveries' de-duplication ids depend only on the
-// event and the endpoint.
-func (r *Router) fanOut(ctx context.Context, namespace string, payload []byte, header queue.Header) (FanOutResult, error) {
+// fanOutOutcome is what fanOut did for one event.
+type fanOutOutcome struct {
+	result FanOutResult
+	// err is a *permanentError when the event can never be fanned out.
+	err error
+}
+
+// fanOut matches stored events of one namespace and queues one delivery per
+// event and matched endpoint, in one batch publish: the deliveries of the
+// first event (sorted by endpoint), then those of the second, and so on. It
+// reads only Data and Header of msgs and returns one outcome per message,
+// in order. It is safe to repeat: the deliveries' de-duplication ids depend
+// only on the event and the endpoint.
+func (r *Router) fanOut(ctx context.Context, namespace string, msgs []*queue.Message) []fanOutOutcome {
+	outcomes := make([]fanOutOutcome, len(msgs))
+	// ranges[i] is where event i's deliveries are in batch.
+	ranges := make([][2]int, len(msgs))
+	var batch []queue.DeliveryPublish
+	for i, m := range msgs {
+		res, deliveries, err := r.plan(namespace, m.Data, m.Header)
+		outcomes[i] = fanOutOutcome{result: res, err: err}
+		ranges[i] = [2]int{len(batch), len(batch) + len(deliveries)}
+		batch = append(batch, deliveries...)
+	}
+	if len(batch) == 0 {
+		return outcomes
+	}
+	results := r.queue.PublishDeliveries(ctx, batch)
+	for i := range outcomes {
+		start, end := ranges[i][0], ranges[i][1]
+		if start == end {
+			continue // unmatched or undecodable: its outcome is final
+		}
+		outcomes[i].err = r.deliveryErrors(batch[start:end], results[start:end])
+	}
+	return outcomes
+}
+
+// plan parses and matches a stored event and builds its deliveries, sorted
+// by endpoint.
+func (r *Router) plan(namespace string, payload []byte, header queue.Header) (FanOutResult, []queue.DeliveryPublish, error) {
 	ev, err := ParseEvent(payload)
 	if err != nil {
-		return FanOutResult{}, &permanentError{err}
+		return FanOutResult{}, nil, &permanentError{err}
 	}
 	byEndpoint := r.matchByEndpoint(namespace, ev)
 	if len(byEndpoint) == 0 {
-		return FanOutResult{}, nil
+		return FanOutResult{}, nil, nil
 	}
 
 	eventKey := header.Get(queue.HeaderEventKey)
@@ -330,8 +414,7 @@ func (r *Router) fanOut(ctx context.Context, namespace string, payload []byte, h
 	slices.Sort(res.Endpoints)
 	slices.Sort(res.Subscriptions)
 
-	var g errgroup.Group
-	g.SetLimit(r.opts.Publishers)
+	deliveries := make([]queue.DeliveryPublish, 0, len(res.Endpoints))
 	for _, ep := range res.Endpoints {
 		subs := byEndpoint[ep]
 		slices.Sort(subs)
@@ -342,22 +425,43 @@ func (r *Router) fanOut(ctx context.Context, namespace string, payload []byte, h
 			h.Set(queue.HeaderIngestedAt, v)
 		}
 		h.Set(queue.HeaderSubscriptions, strings.Join(subs, ","))
-		g.Go(func() error {
-			_, _, err := r.queue.PublishDelivery(ctx, namespace, ep, queue.DeliveryDedupID(eventKey, namespace, ep), payload, h)
-			if err != nil {
-				if errors.Is(err, queue.ErrMessageTooLarge) {
-					return &permanentError{fmt.Errorf("queue delivery to endpoint %s: %w", ep, err)}
-				}
-				return fmt.Errorf("queue delivery to endpoint %s: %w", ep, err)
-			}
-			r.metrics.deliveries.Inc()
-			return nil
+		deliveries = append(deliveries, queue.DeliveryPublish{
+			Namespace: namespace,
+			Endpoint:  ep,
+			DedupID:   queue.DeliveryDedupID(eventKey, namespace, ep),
+			Payload:   payload,
+			Header:    h,
 		})
 	}
-	if err := g.Wait(); err != nil {
-		return res, err
+	return res, deliveries, nil
+}
+
+// deliveryErrors counts one event's queued deliveries and returns the
+// failures, if any. The error is permanent only when every failure is: a
+// delivery that may still be queued is not given up because another one of
+// the event is too large.
+func (r *Router) deliveryErrors(deliveries []queue.DeliveryPublish, results []queue.PublishResult) error {
+	var errs []error
+	permanent := true
+	for i, res := range results {
+		if res.Err == nil {
+			r.metrics.deliveries.Inc()
+			if r.opts.Queued != nil {
+				r.opts.Queued(deliveries[i].Namespace, deliveries[i].Endpoint)
+			}
+			continue
+		}
+		errs = append(errs, fmt.Errorf("queue delivery to endpoint %s: %w", deliveries[i].Endpoint, res.Err))
+		permanent = permanent && errors.Is(res.Err, queue.ErrMessageTooLarge)
 	}
-	return res, nil
+	switch {
+	case len(errs) == 0:
+		return nil
+	case permanent:
+		return &permanentError{errors.Join(errs...)}
+	default:
+		return errors.Join(errs...)
+	}
 }
 
 // matchByEndpoint matches ev in namespace and groups the matched

@@ -301,7 +301,15 @@ func TestTwoSubscriptionsOneEndpointOneDelivery(t *testing.T) {
 	cat.addSubscription(&catalog.Subscription{Namespace: "shop", Name: "orphan", Endpoint: "missing", Types: []string{"*"}})
 	cat.addSubscription(&catalog.Subscription{Namespace: "shop", Name: "other-source", Endpoint: "audit", Types: []string{"*"}, Sources: []string{"/crm/*"}})
 	rep := &recordingReporter{}
-	r, reg := newTestRouter(t, q, cat, rep)
+	var queuedMu sync.Mutex
+	var queued []string
+	r, reg := newTestRouter(t, q, cat, rep, func(o *Options) {
+		o.Queued = func(namespace, endpoint string) {
+			queuedMu.Lock()
+			defer queuedMu.Unlock()
+			queued = append(queued, namespace+"/"+endpoint)
+		}
+	})
 	runRouter(t, r)
 
 	ev := testEvent{ns: "shop", id: "o-1", source: "/shop/orders", typ: "order.created", data: map[string]any{"total": 250}}
@@ -334,6 +342,12 @@ func TestTwoSubscriptionsOneEndpointOneDelivery(t *testing.T) {
 	if m.DedupID != queue.DeliveryDedupID(wantHeader.Get(queue.HeaderEventKey), "shop", "billing") {
 		t.Errorf("delivery dedup id %q is not DeliveryDedupID", m.DedupID)
 	}
+	queuedMu.Lock()
+	slices.Sort(queued)
+	if want := []string{"shop/audit", "shop/billing"}; !slices.Equal(queued, want) {
+		t.Errorf("Queued called for %v, want once per stored delivery %v", queued, want)
+	}
+	queuedMu.Unlock()
 	eventually(t, 5*time.Second, "matches reported", func() bool { return len(rep.get()) == 3 })
 	if got, want := rep.get(), []string{"shop/big-orders", "shop/everything", "shop/orders"}; !slices.Equal(got, want) {
 		t.Errorf("reported matches %v, want %v", got, want)
@@ -398,8 +412,8 @@ func TestFanOutResumesAfterCrash(t *testing.T) {
 	runRouter(t, r)
 	waitProcessed(t, reg, q, 1)
 	// Re-running the fan-out once more (a second redelivery) changes nothing.
-	if _, err := r.fanOut(ctx, "ns", ev.payload(t), ev.header()); err != nil {
-		t.Fatal(err)
+	if out := r.fanOut(ctx, "ns", []*queue.Message{{Namespace: "ns", Data: ev.payload(t), Header: ev.header()}}); out[0].err != nil {
+		t.Fatal(out[0].err)
 	}
 	for _, ep := range endpoints {
 		if got := pending(t, q, "ns", ep); got != 1 {
@@ -408,19 +422,53 @@ func TestFanOutResumesAfterCrash(t *testing.T) {
 	}
 }
 
-// flakyQueue fails one delivery publish, like a router losing its
-// connection in the middle of a fan-out.
-type flakyQueue struct {
+// faultyQueue records the router's batch publishes and fails the entries
+// fail picks (given the number of the batch publish, from 0) without
+// publishing them, passing the others to the queue: like an asynchronous
+// publish that failed while the later ones went through.
+type faultyQueue struct {
 	*queue.Queue
-	calls  atomic.Int64
-	failAt int64
+	fail func(batch int, d queue.DeliveryPublish) bool
+
+	mu      sync.Mutex
+	batches [][]queue.DeliveryPublish
 }
 
-func (f *flakyQueue) PublishDelivery(ctx context.Context, ns, ep, dedupID string, payload []byte, h queue.Header) (uint64, bool, error) {
-	if f.calls.Add(1) == f.failAt {
-		return 0, false, errors.New("injected publish failure")
+func (f *faultyQueue) PublishDeliveries(ctx context.Context, batch []queue.DeliveryPublish) []queue.PublishResult {
+	f.mu.Lock()
+	batchNumber := len(f.batches)
+	f.batches = append(f.batches, slices.Clone(batch))
+	f.mu.Unlock()
+	results := make([]queue.PublishResult, len(batch))
+	var passed []queue.DeliveryPublish
+	var passedIndex []int
+	for i, d := range batch {
+		if f.fail != nil && f.fail(batchNumber, d) {
+			results[i].Err = errors.New("injected publish failure")
+			continue
+		}
+		passed = append(passed, d)
+		passedIndex = append(passedIndex, i)
 	}
-	return f.Queue.PublishDelivery(ctx, ns, ep, dedupID, payload, h)
+	if len(passed) > 0 {
+		for j, res := range f.Queue.PublishDeliveries(ctx, passed) {
+			results[passedIndex[j]] = res
+		}
+	}
+	return results
+}
+
+// publishedBatches returns the batch publishes so far.
+func (f *faultyQueue) publishedBatches() [][]queue.DeliveryPublish {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.batches)
+}
+
+// failNth fails the nth delivery publish (counting from 1) of all batches.
+func failNth(n int64) func(int, queue.DeliveryPublish) bool {
+	var count atomic.Int64
+	return func(int, queue.DeliveryPublish) bool { return count.Add(1) == n }
 }
 
 func TestFailedFanOutIsRetriedWithoutDuplicates(t *testing.T) {
@@ -434,8 +482,8 @@ func TestFailedFanOutIsRetriedWithoutDuplicates(t *testing.T) {
 		cat.addSubscription(&catalog.Subscription{Namespace: "ns", Name: "sub-" + ep, Endpoint: ep, Types: []string{"*"}})
 	}
 	rep := &recordingReporter{}
-	flaky := &flakyQueue{Queue: q, failAt: 3}
-	r, reg := newTestRouter(t, flaky, cat, rep, func(o *Options) { o.Publishers = 1 })
+	flaky := &faultyQueue{Queue: q, fail: failNth(3)}
+	r, reg := newTestRouter(t, flaky, cat, rep)
 	runRouter(t, r)
 
 	publishEvent(t, q, testEvent{ns: "ns", id: "1", source: "/s", typ: "a.b"})
@@ -484,14 +532,18 @@ type blockingQueue struct {
 	once    sync.Once
 }
 
-func (b *blockingQueue) PublishDelivery(ctx context.Context, ns, ep, dedupID string, payload []byte, h queue.Header) (uint64, bool, error) {
+func (b *blockingQueue) PublishDeliveries(ctx context.Context, batch []queue.DeliveryPublish) []queue.PublishResult {
 	b.once.Do(func() { close(b.started) })
 	select {
 	case <-b.release:
 	case <-ctx.Done():
-		return 0, false, ctx.Err()
+		results := make([]queue.PublishResult, len(batch))
+		for i := range results {
+			results[i].Err = ctx.Err()
+		}
+		return results
 	}
-	return b.Queue.PublishDelivery(ctx, ns, ep, dedupID, payload, h)
+	return b.Queue.PublishDeliveries(ctx, batch)
 }
 
 func TestRunFinishesInFlightEventOnShutdown(t *testing.T) {
@@ -554,5 +606,184 @@ func TestIndexFollowsCatalogRevision(t *testing.T) {
 	}
 	if got := counterValue(t, reg, "herald_router_filter_errors_total", map[string]string{"namespace": "ns"}); got != 1 {
 		t.Errorf("filter errors = %v, want 1", got)
+	}
+}
+
+// TestFanOutPublishesGroupInEventOrder: the events of a namespace are
+// published as one batch: the deliveries of the first event (by endpoint
+// name), then those of the next; undecodable and unmatched events add none.
+func TestFanOutPublishesGroupInEventOrder(t *testing.T) {
+	q := &faultyQueue{Queue: openQueue(t)}
+	cat := newFakeCatalog()
+	for _, ep := range []string{"b-ep", "c-ep", "a-ep"} {
+		cat.addEndpoint("ns", ep)
+		cat.addSubscription(&catalog.Subscription{Namespace: "ns", Name: "sub-" + ep, Endpoint: ep, Types: []string{"order.*"}})
+	}
+	r, reg := newTestRouter(t, q, cat, nil)
+	events := []testEvent{
+		{ns: "ns", id: "1", source: "/s", typ: "order.created"},
+		{ns: "ns", id: "2", source: "/s", typ: "order.created"}, // made undecodable below
+		{ns: "ns", id: "3", source: "/s", typ: "invoice.paid"},  // matches nothing
+		{ns: "ns", id: "4", source: "/s", typ: "order.shipped"},
+	}
+	var msgs []*queue.Message
+	for _, e := range events {
+		msgs = append(msgs, &queue.Message{Namespace: "ns", Data: e.payload(t), Header: e.header()})
+	}
+	msgs[1].Data = []byte(`{"id":`)
+
+	outcomes := r.fanOut(testContext(t), "ns", msgs)
+
+	var permanent *permanentError
+	if !errors.As(outcomes[1].err, &permanent) {
+		t.Errorf("undecodable event: error %v, want a permanent error", outcomes[1].err)
+	}
+	for _, i := range []int{0, 2, 3} {
+		if outcomes[i].err != nil {
+			t.Errorf("event %s: %v", events[i].id, outcomes[i].err)
+		}
+	}
+	if got := outcomes[2].result.Endpoints; len(got) != 0 {
+		t.Errorf("unmatched event has endpoints %v", got)
+	}
+	batches := q.publishedBatches()
+	if len(batches) != 1 {
+		t.Fatalf("%d batch publishes, want 1 for the namespace's events", len(batches))
+	}
+	var got, want []string
+	for _, d := range batches[0] {
+		got = append(got, d.Header.Get(queue.HeaderEventKey)+" "+d.Endpoint+" "+d.DedupID)
+	}
+	for _, i := range []int{0, 3} {
+		key := events[i].header().Get(queue.HeaderEventKey)
+		for _, ep := range []string{"a-ep", "b-ep", "c-ep"} {
+			want = append(want, key+" "+ep+" "+queue.DeliveryDedupID(key, "ns", ep))
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("published (event key, endpoint, dedup id)\n%q\nwant\n%q", got, want)
+	}
+	if got := counterValue(t, reg, "herald_router_deliveries_total", nil); got != 6 {
+		t.Errorf("deliveries = %v, want 6", got)
+	}
+}
+
+// eventIDs returns the ids of the events whose deliveries batch holds, in
+// order of first appearance.
+func eventIDs(t testing.TB, batch []queue.DeliveryPublish) []string {
+	t.Helper()
+	var ids []string
+	for _, d := range batch {
+		ev, err := ParseEvent(d.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ids) == 0 || ids[len(ids)-1] != ev.ID() {
+			ids = append(ids, ev.ID())
+		}
+	}
+	return ids
+}
+
+func deliveredEventIDs(t testing.TB, msgs []*queue.Message) []string {
+	t.Helper()
+	ids := make([]string, len(msgs))
+	for i, m := range msgs {
+		ev, err := ParseEvent(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[i] = ev.ID()
+	}
+	return ids
+}
+
+// TestBatchKeepsEventOrderPerEndpoint: a batch of events of one namespace
+// fanned out to several endpoints reaches every endpoint in event order.
+func TestBatchKeepsEventOrderPerEndpoint(t *testing.T) {
+	q := openQueue(t)
+	cat := newFakeCatalog()
+	endpoints := []string{"ep-1", "ep-2", "ep-3"}
+	for _, ep := range endpoints {
+		cat.addEndpoint("ns", ep)
+		cat.addSubscription(&catalog.Subscription{Namespace: "ns", Name: "sub-" + ep, Endpoint: ep, Types: []string{"*"}})
+	}
+	const n = 40
+	var want []string
+	for i := range n {
+		id := fmt.Sprintf("e-%02d", i)
+		want = append(want, id)
+		publishEvent(t, q, testEvent{ns: "ns", id: id, source: "/s", typ: "a.b"})
+	}
+	r, reg := newTestRouter(t, q, cat, nil)
+	runRouter(t, r)
+	waitProcessed(t, reg, q, n)
+
+	for _, ep := range endpoints {
+		if got := deliveredEventIDs(t, fetchDeliveries(t, q, "ns", ep, n)); !slices.Equal(got, want) {
+			t.Errorf("%s received events %v, want %v", ep, got, want)
+		}
+	}
+	if got := counterValue(t, reg, "herald_router_deliveries_total", nil); got != n*3 {
+		t.Errorf("deliveries = %v, want %d", got, n*3)
+	}
+}
+
+// TestFailedPublishReturnsLaterEvents: when the deliveries of event k of a
+// batch fail, the events before it are acknowledged and event k and all
+// later ones are returned for redelivery; the retry queues what is missing
+// without duplicates. The endpoint then holds event k after the later ones:
+// the ordering caveat the package documents.
+func TestFailedPublishReturnsLaterEvents(t *testing.T) {
+	q := openQueue(t)
+	cat := newFakeCatalog()
+	endpoints := []string{"ep-1", "ep-2"}
+	for _, ep := range endpoints {
+		cat.addEndpoint("ns", ep)
+		cat.addSubscription(&catalog.Subscription{Namespace: "ns", Name: "sub-" + ep, Endpoint: ep, Types: []string{"*"}})
+	}
+	const n, k = 6, 2
+	var events []testEvent
+	for i := range n {
+		e := testEvent{ns: "ns", id: fmt.Sprintf("e-%d", i), source: "/s", typ: "a.b"}
+		events = append(events, e)
+		publishEvent(t, q, e)
+	}
+	failingKey := events[k].header().Get(queue.HeaderEventKey)
+	faulty := &faultyQueue{Queue: q, fail: func(batch int, d queue.DeliveryPublish) bool {
+		// Every delivery of event k, in the first fan-out only.
+		return batch == 0 && d.Header.Get(queue.HeaderEventKey) == failingKey
+	}}
+	rep := &recordingReporter{}
+	r, reg := newTestRouter(t, faulty, cat, rep)
+	runRouter(t, r)
+	waitProcessed(t, reg, q, n)
+
+	batches := faulty.publishedBatches()
+	if got, want := eventIDs(t, batches[0]), []string{"e-0", "e-1", "e-2", "e-3", "e-4", "e-5"}; !slices.Equal(got, want) {
+		t.Fatalf("first fan-out published events %v, want all %v in one batch", got, want)
+	}
+	var redelivered []string
+	for _, b := range batches[1:] {
+		redelivered = append(redelivered, eventIDs(t, b)...)
+	}
+	slices.Sort(redelivered)
+	if want := []string{"e-2", "e-3", "e-4", "e-5"}; !slices.Equal(redelivered, want) {
+		t.Errorf("events fanned out again = %v, want %v: those before the failed one acknowledged, it and the later ones returned", redelivered, want)
+	}
+	for _, ep := range endpoints {
+		got := deliveredEventIDs(t, fetchDeliveries(t, q, "ns", ep, n))
+		if want := []string{"e-0", "e-1", "e-3", "e-4", "e-5", "e-2"}; !slices.Equal(got, want) {
+			t.Errorf("%s received events %v, want %v (each once; the failed one after the later ones)", ep, got, want)
+		}
+	}
+	if got := counterValue(t, reg, "herald_router_retries_total", nil); got != 1 {
+		t.Errorf("retries = %v, want 1 (only the failed event counts)", got)
+	}
+	if got := counterValue(t, reg, "herald_router_events_total", map[string]string{"result": ResultRouted}); got != n {
+		t.Errorf("routed events = %v, want %d: each counted once, when acknowledged", got, n)
+	}
+	if got := len(rep.get()); got != n*len(endpoints) {
+		t.Errorf("reported %d matches, want %d", got, n*len(endpoints))
 	}
 }
