@@ -61,8 +61,8 @@ type Options struct {
 	// queue's default.
 	FetchWait time.Duration
 	// IdleAfter is how long an endpoint's loop fetches nothing before the
-	// endpoint goes idle: its consumer is released and its loop waits to
-	// be woken (Wake, or the sweep). Defaults to DefaultIdleAfter.
+	// endpoint goes idle: its consumer is released and its loop ends, to
+	// be started again by Wake or the sweep. Defaults to DefaultIdleAfter.
 	IdleAfter time.Duration
 	// SweepInterval is how often idle endpoints are checked for deliveries
 	// that arrived without a Wake (queued by another replica, replayed from
@@ -280,7 +280,7 @@ func (m *Manager) Sync(endpoints []*catalog.Endpoint) {
 		w = newWorker(m, ep, cfg)
 		m.workers[key] = w
 		m.log.V(1).Info("Starting delivery", "namespace", ep.Namespace, "name", ep.Name, "generation", ep.Generation)
-		go w.run()
+		w.start()
 	}
 }
 

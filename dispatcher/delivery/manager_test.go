@@ -802,6 +802,30 @@ func waitForConsumers(t *testing.T, q *queue.Queue, want int, what string) {
 	}
 }
 
+// waitForParked waits until an endpoint's loop has no goroutine.
+func waitForParked(t *testing.T, m *Manager, key string) {
+	t.Helper()
+	deadline := time.Now().Add(testTimeout)
+	for {
+		m.mu.Lock()
+		w := m.workers[key]
+		m.mu.Unlock()
+		if w == nil {
+			t.Fatalf("no worker for %s", key)
+		}
+		w.mu.Lock()
+		parked := !w.running && w.idle.Load()
+		w.mu.Unlock()
+		if parked {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the loop of idle endpoint %s still runs", key)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // TestManagerIdleEndpointReleasesConsumerAndWakes: an endpoint with nothing
 // queued holds no consumer; Wake starts delivery of what was queued at
 // once, and the consumer is released again once the endpoint is idle for
@@ -817,11 +841,13 @@ func TestManagerIdleEndpointReleasesConsumerAndWakes(t *testing.T) {
 	m.Sync([]*catalog.Endpoint{testEndpoint("shop", "quiet", rc.URL)})
 	waitForConsumers(t, q, 0, "a new endpoint with nothing queued")
 
+	waitForParked(t, m, "shop/quiet")
 	for round := 1; round <= 2; round++ {
 		publish(t, q, "shop", "quiet", "e-"+strconv.Itoa(round))
 		m.Wake("shop", "quiet")
 		out.waitFor(t, "shop/quiet", "delivery after Wake", func(os []Outcome) bool { return countSuccess(os) == round })
 		waitForConsumers(t, q, 0, "the endpoint idle again")
+		waitForParked(t, m, "shop/quiet")
 	}
 	if n := len(rc.received()); n != 2 {
 		t.Errorf("receiver got %d requests, want 2", n)

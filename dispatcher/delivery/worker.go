@@ -14,7 +14,9 @@ import (
 )
 
 // worker is the delivery loop of one endpoint: its own consumer, pacer and
-// goroutines, so nothing it waits for can hold up another endpoint.
+// goroutines, so nothing it waits for can hold up another endpoint. While
+// the endpoint is idle the worker has no goroutine and no consumer; wake
+// starts its loop again.
 type worker struct {
 	m                    *Manager
 	key, namespace, name string
@@ -24,20 +26,21 @@ type worker struct {
 	// ctx ends when the worker is stopped; its fetch loop exits then.
 	ctx    context.Context
 	cancel context.CancelFunc
-	done   chan struct{} // closed when run returned
+	done   chan struct{} // closed once stopped and the loop has exited
 
 	mu  sync.Mutex
 	cfg *workerConfig
 	// cancelLoop ends the current fetch loop so that run recreates the
 	// consumer with new options.
 	cancelLoop context.CancelFunc
+	// running is whether a goroutine runs the loop; stopped is set by stop.
+	running, stopped bool
 
-	// idle is set while the endpoint is idle: no consumer, the loop waits
-	// for wakeup. wakes counts Wake calls; wakeup holds at most one
-	// pending signal.
-	idle   atomic.Bool
-	wakes  atomic.Uint64
-	wakeup chan struct{}
+	// idle is set while the endpoint is idle: no consumer, no goroutine.
+	// wakes counts wake calls, so that a loop about to go idle notices a
+	// wake that came after it checked the queue.
+	idle  atomic.Bool
+	wakes atomic.Uint64
 }
 
 func newWorker(m *Manager, ep *catalog.Endpoint, cfg *workerConfig) *worker {
@@ -53,7 +56,6 @@ func newWorker(m *Manager, ep *catalog.Endpoint, cfg *workerConfig) *worker {
 		cancel:    cancel,
 		done:      make(chan struct{}),
 		cfg:       cfg,
-		wakeup:    make(chan struct{}, 1),
 	}
 }
 
@@ -81,8 +83,68 @@ func (w *worker) update(cfg *workerConfig) {
 	w.log.V(1).Info("Updated delivery configuration", "generation", cfg.endpoint.Generation)
 }
 
-// stop ends the fetch loop; attempts in flight finish.
-func (w *worker) stop() { w.cancel() }
+// start runs the loop in a goroutine unless one runs already or the worker
+// was stopped.
+func (w *worker) start() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.running || w.stopped {
+		return
+	}
+	w.running = true
+	w.idle.Store(false)
+	go w.run()
+}
+
+// stop ends the fetch loop; attempts in flight finish. done is closed once
+// the loop has exited (at once when the endpoint is idle).
+func (w *worker) stop() {
+	w.cancel()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.stopped {
+		w.stopped = true
+		if !w.running {
+			close(w.done)
+		}
+	}
+}
+
+// exit ends the loop's goroutine.
+func (w *worker) exit() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.running = false
+	if w.stopped {
+		close(w.done)
+	}
+}
+
+// park ends the loop's goroutine because the endpoint is idle, unless
+// wake was called since wakes read woken; it reports whether it did.
+func (w *worker) park(woken uint64) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	// Set idle before reading wakes: a wake that finds idle unset has
+	// already counted, and is seen here.
+	w.idle.Store(true)
+	if w.wakes.Load() != woken || w.stopped {
+		w.idle.Store(false)
+		return false
+	}
+	w.running = false
+	w.log.V(2).Info("Endpoint idle")
+	return true
+}
+
+// wake starts the loop of an idle endpoint; for a running loop it only
+// counts, so that the loop does not go idle on a stale check.
+func (w *worker) wake() {
+	w.wakes.Add(1)
+	if w.idle.Load() {
+		w.start()
+	}
+}
 
 func (w *worker) beginLoop() (*workerConfig, context.Context, context.CancelFunc) {
 	w.mu.Lock()
@@ -92,13 +154,21 @@ func (w *worker) beginLoop() (*workerConfig, context.Context, context.CancelFunc
 	return w.cfg, ctx, cancel
 }
 
-// run fetches the endpoint's deliveries until the worker stops. While the
-// endpoint has nothing queued it is idle: the loop holds no consumer and
-// waits to be woken. Otherwise it creates the consumer and fetches until
-// nothing came for the manager's idleAfter, recreating the consumer when
-// its options change.
+// run fetches the endpoint's deliveries until the worker stops or the
+// endpoint is idle. While nothing is queued, in flight or waiting for a
+// retry, the endpoint is idle: the loop releases the consumer and its
+// goroutine ends, until wake starts it again. Otherwise it creates the
+// consumer and fetches until nothing came for the manager's idleAfter,
+// recreating the consumer when its options change.
 func (w *worker) run() {
-	defer close(w.done)
+	if parked := w.loop(); !parked {
+		w.exit()
+	}
+}
+
+// loop is run's body; it returns true when it parked the worker, false
+// when the worker stopped.
+func (w *worker) loop() (parked bool) {
 	const minRetry, maxRetry = 500 * time.Millisecond, 30 * time.Second
 	retry := minRetry
 	for w.ctx.Err() == nil {
@@ -107,15 +177,17 @@ func (w *worker) run() {
 		idle, err := w.releaseIfIdle()
 		if err != nil {
 			if w.ctx.Err() != nil {
-				return
+				break
 			}
 			w.log.Error(err, "Cannot check the endpoint's queue, retrying", "retryIn", retry)
 			sleep(w.ctx, retry)
 			retry = min(2*retry, maxRetry)
 			continue
 		}
+		if idle && w.park(woken) {
+			return true
+		}
 		if idle {
-			w.waitForWake(woken)
 			continue
 		}
 
@@ -124,7 +196,7 @@ func (w *worker) run() {
 		if err != nil {
 			cancel()
 			if w.ctx.Err() != nil {
-				return
+				return false
 			}
 			w.log.Error(err, "Cannot create the endpoint's delivery consumer, retrying", "retryIn", retry)
 			sleep(w.ctx, retry)
@@ -135,6 +207,7 @@ func (w *worker) run() {
 		w.fetchLoop(loopCtx, consumer)
 		cancel()
 	}
+	return false
 }
 
 // fetchLoop takes deliveries from the consumer as fast as the pacer lets
@@ -228,30 +301,6 @@ func (w *worker) releaseIfIdle() (bool, error) {
 		return false, err
 	}
 	return true, nil
-}
-
-// waitForWake waits until Wake was called since wakes read woken, or the
-// worker stops.
-func (w *worker) waitForWake(woken uint64) {
-	w.idle.Store(true)
-	defer w.idle.Store(false)
-	w.log.V(2).Info("Endpoint idle")
-	for w.wakes.Load() == woken {
-		select {
-		case <-w.ctx.Done():
-			return
-		case <-w.wakeup:
-		}
-	}
-}
-
-// wake ends waitForWake, or makes the next one return at once.
-func (w *worker) wake() {
-	w.wakes.Add(1)
-	select {
-	case w.wakeup <- struct{}{}:
-	default:
-	}
 }
 
 func sleep(ctx context.Context, d time.Duration) {
