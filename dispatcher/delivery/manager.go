@@ -144,10 +144,48 @@ func NewManager(opts Options) (*Manager, error) {
 	if m.now == nil {
 		m.now = time.Now
 	}
+	if opts.Registerer != nil {
+		if err := m.registerEndpointGauges(opts.Registerer); err != nil {
+			return nil, err
+		}
+	}
 	m.loopsCtx, m.cancelLoops = context.WithCancel(context.Background())
 	m.attemptsCtx, m.cancelAttempts = context.WithCancel(context.Background())
 	go m.sweep(cmp.Or(opts.SweepInterval, DefaultSweepInterval))
 	return m, nil
+}
+
+// Values of the state label of herald_delivery_endpoints.
+const (
+	EndpointStateActive = "active"
+	EndpointStateIdle   = "idle"
+)
+
+// registerEndpointGauges registers herald_delivery_endpoints: the endpoints
+// delivered to, by state, counted when scraped.
+func (m *Manager) registerEndpointGauges(reg prometheus.Registerer) error {
+	for _, state := range []string{EndpointStateActive, EndpointStateIdle} {
+		idle := state == EndpointStateIdle
+		g := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "herald_delivery_endpoints",
+			Help:        "Endpoints the delivery stage delivers to, by state: active (a consumer and a delivery loop) or idle (nothing queued; neither).",
+			ConstLabels: prometheus.Labels{"state": state},
+		}, func() float64 {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			n := 0
+			for _, w := range m.workers {
+				if w.idle.Load() == idle {
+					n++
+				}
+			}
+			return float64(n)
+		})
+		if err := reg.Register(g); err != nil {
+			return fmt.Errorf("register delivery metrics: %w", err)
+		}
+	}
+	return nil
 }
 
 // Wake tells an idle endpoint's loop that deliveries were queued for it:

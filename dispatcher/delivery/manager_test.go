@@ -519,9 +519,15 @@ func TestManagerDeadLettersAndCountsMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, f := range families {
+		if f.GetName() == "herald_delivery_endpoints" {
+			continue // per state, not per endpoint
+		}
 		if n := len(f.GetMetric()); n != 0 {
 			t.Errorf("%s has %d series after the endpoint was removed", f.GetName(), n)
 		}
+	}
+	if v := metricValue(t, reg, "herald_delivery_endpoints", nil); v != 0 {
+		t.Errorf("herald_delivery_endpoints = %v after the endpoint was removed, want 0", v)
 	}
 }
 
@@ -709,6 +715,8 @@ func metricValue(t testing.TB, reg *prometheus.Registry, name string, match map[
 				sum += m.GetCounter().GetValue()
 			case m.GetHistogram() != nil:
 				sum += float64(m.GetHistogram().GetSampleCount())
+			case m.GetGauge() != nil:
+				sum += m.GetGauge().GetValue()
 			}
 		}
 	}
@@ -833,15 +841,21 @@ func waitForParked(t *testing.T, m *Manager, key string) {
 func TestManagerIdleEndpointReleasesConsumerAndWakes(t *testing.T) {
 	q := openQueue(t)
 	rc := newReceiver(t, nil)
+	reg := prometheus.NewRegistry()
 	m, out, _ := newTestManager(t, q, func(o *Options) {
 		o.FetchWait = 100 * time.Millisecond
 		o.IdleAfter = 300 * time.Millisecond
 		o.SweepInterval = time.Hour // only Wake can start delivery here
+		o.Registerer = reg
 	})
 	m.Sync([]*catalog.Endpoint{testEndpoint("shop", "quiet", rc.URL)})
 	waitForConsumers(t, q, 0, "a new endpoint with nothing queued")
-
 	waitForParked(t, m, "shop/quiet")
+	for state, want := range map[string]float64{EndpointStateIdle: 1, EndpointStateActive: 0} {
+		if got := metricValue(t, reg, "herald_delivery_endpoints", map[string]string{"state": state}); got != want {
+			t.Errorf("herald_delivery_endpoints{state=%q} = %v, want %v", state, got, want)
+		}
+	}
 	for round := 1; round <= 2; round++ {
 		publish(t, q, "shop", "quiet", "e-"+strconv.Itoa(round))
 		m.Wake("shop", "quiet")

@@ -438,6 +438,45 @@ func (r *Runner) goroutines(ctx context.Context) (int, error) {
 	return strconv.Atoi(f[len(f)-1])
 }
 
+// deliveryEndpoints reads herald_delivery_endpoints from the dispatcher:
+// the endpoints with a delivery loop (active) and without (idle).
+func (r *Runner) deliveryEndpoints(ctx context.Context) (active, idle int, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.pprofURL+"/metrics", nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, 0, err
+	}
+	found := 0
+	for line := range strings.Lines(string(body)) {
+		for state, dst := range map[string]*int{"active": &active, "idle": &idle} {
+			value, ok := strings.CutPrefix(line, `herald_delivery_endpoints{state="`+state+`"} `)
+			if !ok {
+				continue
+			}
+			v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+			if err != nil {
+				return 0, 0, fmt.Errorf("herald_delivery_endpoints: %w", err)
+			}
+			*dst = int(v)
+			found++
+		}
+	}
+	if found != 2 {
+		return 0, 0, fmt.Errorf("the dispatcher's metrics have no herald_delivery_endpoints gauges")
+	}
+	return active, idle, nil
+}
+
 // namespace creates a namespace and a publisher for it whose ServiceAccount
 // token is allowed to publish there.
 func (r *Runner) namespace(ctx context.Context, ns string) (*Publisher, error) {

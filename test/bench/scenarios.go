@@ -410,19 +410,20 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 	res.EndpointsReadySeconds = took.Seconds()
 	r.say("  %d endpoints Ready in %.1f s", n, took.Seconds())
 
-	// Wait until the dispatcher runs a delivery loop for each: its
-	// goroutine count settles at least n above where it was.
-	prev := -1
+	// Wait until the delivery stage knows every endpoint and all of them
+	// are idle (no consumer, no loop: nothing is queued for them yet).
 	deadline := time.Now().Add(2 * time.Minute)
-	for time.Now().Before(deadline) {
-		g, err := r.goroutines(ctx)
+	for {
+		active, idle, err := r.deliveryEndpoints(ctx)
 		if err != nil {
 			return err
 		}
-		if g >= res.GoroutinesBefore+n && g == prev {
+		if idle >= n && active == 0 {
 			break
 		}
-		prev = g
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the dispatcher has %d active and %d idle endpoints 2 minutes after %d were Ready", active, idle, n)
+		}
 		sleepCtx(ctx, time.Second)
 	}
 	idle0, _ := ReadProc(r.dispatcherPID())

@@ -4,7 +4,9 @@
 // the dispatcher's main package at build time (go build -overlay, with the
 // heraldbench build tag), so that the benchmarked binary is the product's
 // cmd/dispatcher unchanged plus a pprof listener on loopback, used to take
-// CPU and heap profiles of the dispatcher while it is under load. The
+// CPU and heap profiles of the dispatcher while it is under load, which
+// also serves the dispatcher's Prometheus metrics without authentication
+// (/metrics), so the harness can read them without a ServiceAccount. The
 // listener starts only when HERALD_BENCH_PPROF_ADDR names a loopback
 // address; the product binary never contains this file.
 package main
@@ -15,6 +17,9 @@ import (
 	"net/http/pprof"
 	"os"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 )
 
 func init() {
@@ -34,6 +39,7 @@ func init() {
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.Handle("/metrics", promhttp.HandlerFor(metrics.Registry, promhttp.HandlerOpts{}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(l) }()
 }
