@@ -613,7 +613,24 @@ func dispatcherArgs(cfg DispatcherConfig) []string {
 	if len(cfg.AllowedCIDRs) > 0 {
 		args = append(args, "--allowed-cidrs="+strings.Join(cfg.AllowedCIDRs, ","))
 	}
+	if limit, ok := goMemoryLimit(cfg.MemoryLimit); ok {
+		args = append(args, "--memory-limit="+limit)
+	}
 	return append(args, "--log-level="+cfg.LogLevel)
+}
+
+// goMemoryLimit is the Go runtime's soft memory limit (in bytes) for a
+// container memory limit: 90% of it, leaving room for memory the Go
+// runtime does not manage.
+func goMemoryLimit(containerLimit string) (string, bool) {
+	if containerLimit == "" {
+		return "", false
+	}
+	q, err := resource.ParseQuantity(containerLimit)
+	if err != nil || q.Sign() <= 0 {
+		return "", false // rejected by Validate
+	}
+	return strconv.FormatInt(q.Value()/10*9, 10), true
 }
 
 // dispatcherResources converts the resource flags; empty values stay unset.

@@ -255,9 +255,18 @@ func TestDispatcherDeploymentContainer(t *testing.T) {
 		"--allowed-cidrs=10.0.0.0/8,fd00::/8",
 		"--audience=events.example.com",
 		"--store-dir=/var/lib/herald/jetstream",
+		// 90% of the default 512Mi container limit, for the Go runtime.
+		"--memory-limit=483183819",
 	} {
 		if !slices.Contains(c.Args, want) {
 			t.Errorf("args %q lack %q", c.Args, want)
+		}
+	}
+	unlimited := cfg
+	unlimited.MemoryLimit = ""
+	for _, arg := range dispatcherContainer(t, DispatcherDeployment(unlimited)).Args {
+		if strings.HasPrefix(arg, "--memory-limit") {
+			t.Errorf("without a container memory limit the args must not set %s", arg)
 		}
 	}
 

@@ -13,10 +13,12 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"strings"
 	"time"
 
 	"go.uber.org/zap/zapcore"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/kubernetes"
@@ -58,6 +60,8 @@ type options struct {
 	statusInterval time.Duration
 	podName        string
 	logLevel       string
+	gcPercent      int
+	memoryLimit    string
 }
 
 func main() {
@@ -78,6 +82,8 @@ func main() {
 	flag.DurationVar(&o.statusInterval, "status-interval", 5*time.Second, "How often delivery health is written to status (at most once per object per interval).")
 	flag.StringVar(&o.podName, "pod-name", os.Getenv("POD_NAME"), "Name of this replica (defaults to $POD_NAME, else the host name).")
 	flag.StringVar(&o.logLevel, "log-level", "info", "Log level: debug, info, warn or error.")
+	flag.IntVar(&o.gcPercent, "gc-percent", defaultGCPercent, "Go garbage collector target (as GOGC, which overrides it): heap growth in percent between collections. Higher spends less CPU on collection and more memory.")
+	flag.StringVar(&o.memoryLimit, "memory-limit", "", "Soft memory limit of the Go runtime (as GOMEMLIMIT, which overrides it), a Kubernetes quantity such as 460Mi; the collector works harder near it. The manager sets it to 90% of the container's memory limit. Empty for none.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -95,6 +101,30 @@ func main() {
 		ctrl.Log.WithName("setup").Error(err, "Dispatcher failed")
 		os.Exit(1)
 	}
+}
+
+// defaultGCPercent trades memory for CPU: the dispatcher allocates per
+// event (decoding, queue messages, HTTP requests) over a small live heap,
+// so at Go's default of 100 garbage collection takes a quarter of its CPU
+// under load. With 200 it collects half as often; --memory-limit keeps the
+// larger heap within the container.
+const defaultGCPercent = 200
+
+// tuneGC applies --gc-percent and --memory-limit unless GOGC or GOMEMLIMIT
+// set them for the Go runtime already.
+func tuneGC(o options) error {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(o.gcPercent)
+	}
+	if o.memoryLimit == "" || os.Getenv("GOMEMLIMIT") != "" {
+		return nil
+	}
+	q, err := resource.ParseQuantity(o.memoryLimit)
+	if err != nil || q.Sign() <= 0 {
+		return fmt.Errorf("--memory-limit: %q is not a positive quantity such as 460Mi", o.memoryLimit)
+	}
+	debug.SetMemoryLimit(q.Value())
+	return nil
 }
 
 func parseCIDRs(s string) ([]netip.Prefix, error) {
@@ -116,6 +146,9 @@ func run(ctx context.Context, o options) error {
 	log := ctrl.Log.WithName("dispatcher")
 	allowed, err := parseCIDRs(o.allowedCIDRs)
 	if err != nil {
+		return err
+	}
+	if err := tuneGC(o); err != nil {
 		return err
 	}
 	if o.natsURL == "" && o.storeDir == "" {
