@@ -208,7 +208,11 @@ func (res *Results) Markdown() string {
 	if iso := res.Isolation; iso != nil {
 		p("\n### Failing and slow endpoints beside %d healthy ones\n\nThe failing receiver answers 500 to everything; the slow one takes %.0f ms per request. Healthy p99 with them: %.1f ms; without (before, after): %.1f ms, %.1f ms; ratio **%.2f**. During the run the failing endpoint answered %d requests and the slow one %d.\n\n",
 			iso.HealthyEndpoints, iso.SlowDelayMs, iso.With.Latency.P99, iso.Without.Latency.P99, iso.WithoutAgain.Latency.P99, iso.P99Ratio, iso.FailingRequests, iso.SlowRequests)
-		writeSteps(&b, []StepResult{iso.Without, iso.With, iso.WithoutAgain})
+		steps := []StepResult{iso.Without, iso.With, iso.WithoutAgain}
+		if iso.Profiled != nil {
+			steps = append(steps, *iso.Profiled)
+		}
+		writeSteps(&b, steps)
 	}
 	if k := res.Kill; k != nil {
 		p("\n### SIGKILL of the dispatcher mid-run\n\nKilled %.0f s into a %.0f events/s run (2 endpoints); restarted on the same store in %.1f s. Acknowledged deliveries: %d, delivered %d, **missing %d**, duplicates %d; the last delivery arrived %.1f s after the last publish; %d events were never acknowledged (the publisher gave up on them).\n\n",
