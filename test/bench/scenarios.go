@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -215,6 +216,37 @@ func (r *Runner) isolation(ctx context.Context) (*IsolationResult, error) {
 	return res, nil
 }
 
+// settledRSS waits until the idle dispatcher's resident set stops moving
+// and returns it: after a burst of work the Go runtime returns freed
+// memory to the system gradually (its background scavenger), so a reading
+// taken at once counts garbage already collected. Settled means three
+// readings 2 s apart within 1% of each other; after 90 s the last reading
+// is taken as it is.
+func (r *Runner) settledRSS(ctx context.Context) (int64, error) {
+	const interval, window, tolerance, limit = 2 * time.Second, 3, 0.01, 90 * time.Second
+	var readings []int64
+	deadline := time.Now().Add(limit)
+	for {
+		p, err := ReadProc(r.dispatcherPID())
+		if err != nil {
+			return 0, err
+		}
+		readings = append(readings, p.RSS)
+		if n := len(readings); n >= window {
+			last := readings[n-window:]
+			lo, hi := slices.Min(last), slices.Max(last)
+			if float64(hi-lo) <= tolerance*float64(hi) {
+				return p.RSS, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			r.say("  dispatcher RSS still moving after %s; taking %.1f MiB", limit, mib(p.RSS))
+			return p.RSS, nil
+		}
+		sleepCtx(ctx, interval)
+	}
+}
+
 // KillResult is the SIGKILL scenario.
 type KillResult struct {
 	Step StepResult `json:"step"`
@@ -397,11 +429,10 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 		return err
 	}
 	sleepCtx(ctx, r.p.idleSettle)
-	before, err := ReadProc(r.dispatcherPID())
-	if err != nil {
+	var err error
+	if res.RSSBefore, err = r.settledRSS(ctx); err != nil {
 		return err
 	}
-	res.RSSBefore = before.RSS
 	if res.GoroutinesBefore, err = r.goroutines(ctx); err != nil {
 		return err
 	}
@@ -445,7 +476,9 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 		return err
 	}
 	res.IdleCores = (idle1.CPU - idle0.CPU).Seconds() / r.p.idleSettle.Seconds()
-	res.RSSEndpoints = idle1.RSS
+	if res.RSSEndpoints, err = r.settledRSS(ctx); err != nil {
+		return err
+	}
 	res.RSSPerEndpoint = float64(res.RSSEndpoints-res.RSSBefore) / float64(n)
 	res.GoroutinesIdle, _ = r.goroutines(ctx)
 	if _, err := r.heapProfile(ctx, "endpoints-idle"); err != nil {
