@@ -8,6 +8,8 @@ import (
 	"mime"
 	"strings"
 	"time"
+
+	"github.com/herald-dev/herald/dispatcher/internal/jsonscan"
 )
 
 // The delivery payload is the CloudEvent in structured JSON form, exactly as
@@ -37,8 +39,8 @@ type cloudEvent struct {
 }
 
 func parseEvent(payload []byte) (*cloudEvent, error) {
-	var attrs map[string]json.RawMessage
-	if err := json.Unmarshal(payload, &attrs); err != nil || attrs == nil {
+	attrs, err := jsonscan.Object(payload)
+	if err != nil || attrs == nil {
 		return nil, fmt.Errorf("%w: not a JSON object", errInvalidEvent)
 	}
 	ev := &cloudEvent{attrs: attrs}
@@ -61,7 +63,6 @@ func parseEvent(payload []byte) (*cloudEvent, error) {
 	} else if !ok || v != "1.0" {
 		return nil, fmt.Errorf("%w: specversion must be \"1.0\"", errInvalidEvent)
 	}
-	var err error
 	if ev.dataContentType, _, err = stringAttr(attrs, "datacontenttype"); err != nil {
 		return nil, err
 	}

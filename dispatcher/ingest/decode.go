@@ -22,6 +22,8 @@ import (
 	"github.com/cloudevents/sdk-go/v2/event"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/cloudevents/sdk-go/v2/types"
+
+	"github.com/herald-dev/herald/dispatcher/internal/jsonscan"
 )
 
 // Decoding uses the CloudEvents Go SDK to build every event: its structured
@@ -40,8 +42,8 @@ import (
 //     is reported with its index, and every element goes through exactly the
 //     same checks as a structured event.
 //   - Splitting is cheap in the common case: json.Valid checks a body once,
-//     then arrayElements and objectMembers find the elements and members of
-//     that valid JSON without copying. Anything they decline goes to the
+//     then jsonscan finds the elements and members of that valid JSON
+//     without copying. Anything they decline goes to the
 //     token-by-token json.Decoder splitters (splitBatch, scanObject), the one
 //     source of error messages.
 //   - Binary-mode headers are checked before the SDK reads them: it reads
@@ -139,7 +141,7 @@ func decodeBatch(body []byte, maxEvents int) ([]*decodedEvent, *requestError) {
 	var raws []json.RawMessage
 	ok := false
 	if json.Valid(body) {
-		raws, ok = arrayElements(body, maxEvents)
+		raws, ok = jsonscan.ArrayElements(body, maxEvents)
 	}
 	if !ok {
 		var rerr *requestError
@@ -161,7 +163,8 @@ func decodeBatch(body []byte, maxEvents int) ([]*decodedEvent, *requestError) {
 }
 
 // splitBatch splits a batch into its elements token by token, and is the
-// authority on what is wrong with a batch that arrayElements declines: its
+// authority on what is wrong with a batch that jsonscan.ArrayElements
+// declines: its
 // errors name the element a syntax error lies in, and a batch over the
 // limit is refused without reading past the limit.
 func splitBatch(body []byte, maxEvents int) ([]json.RawMessage, *requestError) {
@@ -205,7 +208,7 @@ func decodeJSONEvent(raw []byte, valid bool) (*decodedEvent, *requestError) {
 	var attrs map[string]json.RawMessage
 	ok := false
 	if valid {
-		attrs, ok = objectMembers(raw)
+		attrs, ok = jsonscan.ObjectMembers(raw)
 	}
 	if !ok {
 		var rerr *requestError
@@ -217,7 +220,7 @@ func decodeJSONEvent(raw []byte, valid bool) (*decodedEvent, *requestError) {
 		return nil, rerr
 	}
 	ev := event.New()
-	// raw is one valid JSON object: objectMembers or scanObject accepted it.
+	// raw is one valid JSON object: ObjectMembers or scanObject accepted it.
 	if err := unmarshalEvent(raw, &ev); err != nil {
 		return nil, sdkError(err)
 	}
@@ -237,135 +240,10 @@ func unmarshalEvent(raw []byte, ev *event.Event) error {
 // jsonWhitespace is the insignificant whitespace of RFC 8259.
 const jsonWhitespace = " \t\r\n"
 
-// The fast splitters below (arrayElements, objectMembers) give the same
-// results as the token-by-token ones (splitBatch, scanObject) in one pass
-// over input json.Valid has accepted, without copying: a json.Decoder reads
-// every value twice (to find its end, then to decode it) and copies it,
-// which made splitting a good part of the cost of decoding. Because the
-// input is valid JSON, they only need to find where values end; they
-// decline whatever is not a success (not an array or object, too many
-// elements, a duplicate member), leaving the error to the slow path.
-// FuzzDecodeMatchesReference compares the whole decoding with the decoder
-// as it was before.
-
-// arrayElements returns the elements of body, which must be valid JSON,
-// when it is an array of at most maxElements elements.
-func arrayElements(body []byte, maxElements int) ([]json.RawMessage, bool) {
-	i := skipJSONWhitespace(body, 0)
-	if i == len(body) || body[i] != '[' {
-		return nil, false
-	}
-	i = skipJSONWhitespace(body, i+1)
-	var elements []json.RawMessage
-	if body[i] == ']' {
-		return elements, true
-	}
-	for {
-		if len(elements) == maxElements {
-			return nil, false
-		}
-		end := endOfValue(body, i)
-		elements = append(elements, body[i:end])
-		i = skipJSONWhitespace(body, end)
-		if body[i] == ']' {
-			return elements, true
-		}
-		i = skipJSONWhitespace(body, i+1) // after the ','
-	}
-}
-
-// objectMembers returns the members of raw, which must be valid JSON, when
-// it is an object without duplicate member names.
-func objectMembers(raw []byte) (map[string]json.RawMessage, bool) {
-	i := skipJSONWhitespace(raw, 0)
-	if i == len(raw) || raw[i] != '{' {
-		return nil, false
-	}
-	i = skipJSONWhitespace(raw, i+1)
-	attrs := make(map[string]json.RawMessage)
-	if raw[i] == '}' {
-		return attrs, true
-	}
-	for {
-		nameEnd := endOfString(raw, i)
-		var name string // decoded as json.Decoder.Token decodes it
-		if err := json.Unmarshal(raw[i:nameEnd], &name); err != nil {
-			return nil, false
-		}
-		i = skipJSONWhitespace(raw, nameEnd)
-		i = skipJSONWhitespace(raw, i+1) // after the ':'
-		end := endOfValue(raw, i)
-		if _, dup := attrs[name]; dup {
-			return nil, false
-		}
-		attrs[name] = raw[i:end]
-		i = skipJSONWhitespace(raw, end)
-		if raw[i] == '}' {
-			return attrs, true
-		}
-		i = skipJSONWhitespace(raw, i+1) // after the ','
-	}
-}
-
-// skipJSONWhitespace returns the index of the first byte at or after i that
-// is not JSON whitespace.
-func skipJSONWhitespace(data []byte, i int) int {
-	for i < len(data) && isJSONWhitespace(data[i]) {
-		i++
-	}
-	return i
-}
-
-func isJSONWhitespace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
-
-// endOfValue returns the index just after the JSON value that starts at
-// data[i], in valid JSON.
-func endOfValue(data []byte, i int) int {
-	switch data[i] {
-	case '"':
-		return endOfString(data, i)
-	case '{', '[':
-		depth := 0
-		for ; i < len(data); i++ {
-			switch data[i] {
-			case '"':
-				i = endOfString(data, i) - 1
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return i + 1
-				}
-			}
-		}
-		return i
-	default: // a number, true, false or null: ends where the next token or whitespace starts
-		for i < len(data) && !isJSONWhitespace(data[i]) && data[i] != ',' && data[i] != '}' && data[i] != ']' {
-			i++
-		}
-		return i
-	}
-}
-
-// endOfString returns the index just after the JSON string that starts at
-// data[i], in valid JSON.
-func endOfString(data []byte, i int) int {
-	for i++; i < len(data); i++ {
-		switch data[i] {
-		case '\\':
-			i++ // the escaped character cannot end the string
-		case '"':
-			return i + 1
-		}
-	}
-	return i
-}
-
 // scanObject splits a JSON object into its members token by token,
 // rejecting anything but exactly one object, and duplicate member names. It
-// is the authority on what is wrong with an object that objectMembers
-// declines.
+// is the authority on what is wrong with an object that
+// jsonscan.ObjectMembers declines.
 func scanObject(raw []byte) (map[string]json.RawMessage, *requestError) {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	tok, err := dec.Token()

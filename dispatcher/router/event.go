@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"mime"
 	"strings"
+
+	"github.com/herald-dev/herald/dispatcher/internal/jsonscan"
 )
 
 // Attributes every filter sees, as empty strings when absent (see
@@ -70,8 +72,8 @@ func (e *Event) Data() any {
 // JSON text, and other non-string values are ignored, because a filter only
 // sees strings. The data member is kept raw until Data is called.
 func ParseEvent(payload []byte) (*Event, error) {
-	var members map[string]json.RawMessage
-	if err := json.Unmarshal(payload, &members); err != nil {
+	members, err := jsonscan.Object(payload)
+	if err != nil {
 		return nil, fmt.Errorf("decode structured CloudEvent: %w", err)
 	}
 	if members == nil {
