@@ -47,9 +47,10 @@ const (
 
 // Publisher stores events durably; *queue.Queue implements it.
 type Publisher interface {
-	// PublishEvent stores one event and returns after JetStream acknowledged
-	// it; duplicate reports that an event with dedupID was already stored.
-	PublishEvent(ctx context.Context, namespace, dedupID string, payload []byte, header queue.Header) (seq uint64, duplicate bool, err error)
+	// PublishEvents stores a request's events in order and returns after
+	// JetStream acknowledged each, with one result per event; Duplicate
+	// reports that an event with its dedup id was already stored.
+	PublishEvents(ctx context.Context, namespace string, batch []queue.EventPublish) []queue.PublishResult
 	// Connected reports whether the queue can be reached now.
 	Connected() bool
 }
@@ -462,24 +463,40 @@ func (h *Handler) store(ctx context.Context, namespace string, events []*decoded
 	// stopping half-way would only leave the outcome unknown.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.opts.PublishTimeout)
 	defer cancel()
+	batchMsgs := make([]queue.EventPublish, len(events))
+	webhookIDs := make([]string, len(events))
+	ingestedAt := time.Now().UTC().Format(time.RFC3339Nano)
 	for i, ev := range events {
 		eventKey := queue.EventDedupID(namespace, ev.source(), ev.id())
-		webhookID := queue.WebhookID(namespace, ev.source(), ev.id())
+		webhookIDs[i] = queue.WebhookID(namespace, ev.source(), ev.id())
 		header := queue.Header{}
-		header.Set(queue.HeaderWebhookID, webhookID)
+		header.Set(queue.HeaderWebhookID, webhookIDs[i])
 		header.Set(queue.HeaderEventKey, eventKey)
-		header.Set(queue.HeaderIngestedAt, time.Now().UTC().Format(time.RFC3339Nano))
-		_, duplicate, err := h.opts.Queue.PublishEvent(ctx, namespace, eventKey, ev.payload, header)
-		if err != nil {
-			h.metrics.eventsResult(namespace, resultRejected, len(events)-i)
-			return nil, h.publishError(err, namespace, i, batch)
+		header.Set(queue.HeaderIngestedAt, ingestedAt)
+		batchMsgs[i] = queue.EventPublish{DedupID: eventKey, Payload: ev.payload, Header: header}
+	}
+	// One pipelined publish for the request's events: stored in order, each
+	// acknowledged by JetStream before the answer.
+	results := h.opts.Queue.PublishEvents(ctx, namespace, batchMsgs)
+	var firstErr *requestError
+	for i, res := range results {
+		switch {
+		case res.Err != nil:
+			h.metrics.eventsResult(namespace, resultRejected, 1)
+			if firstErr == nil {
+				firstErr = h.publishError(res.Err, namespace, i, batch)
+			}
+		case res.Duplicate:
+			h.metrics.eventsResult(namespace, resultDuplicate, 1)
+		default:
+			h.metrics.eventsResult(namespace, resultAccepted, 1)
 		}
-		result := resultAccepted
-		if duplicate {
-			result = resultDuplicate
+		if firstErr == nil {
+			resp.Events = append(resp.Events, AcceptedEvent{ID: events[i].id(), Source: events[i].source(), WebhookID: webhookIDs[i], Duplicate: res.Duplicate})
 		}
-		h.metrics.eventsResult(namespace, result, 1)
-		resp.Events = append(resp.Events, AcceptedEvent{ID: ev.id(), Source: ev.source(), WebhookID: webhookID, Duplicate: duplicate})
+	}
+	if firstErr != nil {
+		return nil, firstErr
 	}
 	return resp, nil
 }
@@ -507,7 +524,7 @@ func (h *Handler) publishError(err error, namespace string, index int, batch boo
 		h.log.Error(err, "Storing event failed", "namespace", namespace)
 	}
 	if batch && index > 0 {
-		rerr.message += fmt.Sprintf("; events 0 to %d of the batch were stored, and re-sending the whole batch is safe (stored events are answered as duplicates)", index-1)
+		rerr.message += fmt.Sprintf("; events 0 to %d of the batch were stored (later ones may have been too), and re-sending the whole batch is safe (stored events are answered as duplicates)", index-1)
 	}
 	return rerr
 }

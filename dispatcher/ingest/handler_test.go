@@ -480,14 +480,20 @@ type blockingQueue struct {
 	release chan struct{}
 }
 
-func (b *blockingQueue) PublishEvent(ctx context.Context, _, _ string, _ []byte, _ queue.Header) (uint64, bool, error) {
+func (b *blockingQueue) PublishEvents(ctx context.Context, _ string, batch []queue.EventPublish) []queue.PublishResult {
 	b.entered <- struct{}{}
+	results := make([]queue.PublishResult, len(batch))
 	select {
 	case <-b.release:
-		return 1, false, nil
+		for i := range results {
+			results[i].Sequence = uint64(i + 1)
+		}
 	case <-ctx.Done():
-		return 0, false, ctx.Err()
+		for i := range results {
+			results[i].Err = ctx.Err()
+		}
 	}
+	return results
 }
 
 func (b *blockingQueue) Connected() bool { return true }

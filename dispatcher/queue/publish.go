@@ -116,7 +116,8 @@ type DeliveryPublish struct {
 	Header  Header
 }
 
-// PublishResult is the outcome of one entry of a PublishDeliveries batch.
+// PublishResult is the outcome of one entry of a PublishDeliveries or
+// PublishEvents batch.
 type PublishResult struct {
 	// Sequence is the message's stream sequence; for a duplicate, the
 	// sequence of the message stored first.
@@ -124,8 +125,30 @@ type PublishResult struct {
 	// Duplicate reports that the de-duplication id was already stored.
 	Duplicate bool
 	// Err is set when the entry may not be stored. It wraps the errors
-	// PublishDelivery's does (ErrClosed, ErrQueueFull, ErrMessageTooLarge).
+	// PublishDelivery's and PublishEvent's do (ErrClosed, ErrQueueFull,
+	// ErrMessageTooLarge).
 	Err error
+}
+
+// EventPublish is one event of a PublishEvents batch; the fields are
+// PublishEvent's arguments after the namespace.
+type EventPublish struct {
+	// DedupID identifies the event (EventDedupID).
+	DedupID string
+	Payload []byte
+	Header  Header
+}
+
+// PublishEvents stores a batch of ingested events of one namespace, each
+// like PublishEvent, pipelined like PublishDeliveries, which describes the
+// order and failure behaviour. The results are in the order of batch.
+func (q *Queue) PublishEvents(ctx context.Context, namespace string, batch []EventPublish) []PublishResult {
+	entries := make([]batchEntry, len(batch))
+	err := validateName("namespace", namespace)
+	for i, e := range batch {
+		entries[i] = batchEntry{subject: EventSubject(namespace), dedupID: e.DedupID, payload: e.Payload, header: e.Header, err: err}
+	}
+	return q.publishBatch(ctx, EventsStream, entries)
 }
 
 // PublishDeliveries queues a batch of deliveries, each like PublishDelivery,
@@ -146,18 +169,37 @@ type PublishResult struct {
 // An invalid entry (bad names, empty dedup id, reserved header) or one that
 // fails permanently (too large) fails alone; the others are published.
 func (q *Queue) PublishDeliveries(ctx context.Context, batch []DeliveryPublish) []PublishResult {
+	entries := make([]batchEntry, len(batch))
+	for i, d := range batch {
+		entries[i] = batchEntry{dedupID: d.DedupID, payload: d.Payload, header: d.Header}
+		if entries[i].err = validateEndpoint(d.Namespace, d.Endpoint); entries[i].err == nil {
+			entries[i].subject = DeliverySubject(d.Namespace, d.Endpoint)
+		}
+	}
+	return q.publishBatch(ctx, DeliveriesStream, entries)
+}
+
+// batchEntry is one message of publishBatch; err, when set, fails it
+// without sending.
+type batchEntry struct {
+	subject, dedupID string
+	payload          []byte
+	header           Header
+	err              error
+}
+
+// publishBatch publishes entries to stream as PublishDeliveries describes.
+func (q *Queue) publishBatch(ctx context.Context, stream string, batch []batchEntry) []PublishResult {
 	results := make([]PublishResult, len(batch))
-	subjects := make([]string, len(batch))
 	futures := make([]jetstream.PubAckFuture, len(batch))
 	retry := make([]bool, len(batch))
 	sending := true
-	for i, d := range batch {
-		if err := validateEndpoint(d.Namespace, d.Endpoint); err != nil {
-			results[i].Err = err
+	for i, e := range batch {
+		if e.err != nil {
+			results[i].Err = e.err
 			continue
 		}
-		subjects[i] = DeliverySubject(d.Namespace, d.Endpoint)
-		msg, err := newPublishMsg(subjects[i], d.DedupID, d.Payload, d.Header)
+		msg, err := newPublishMsg(e.subject, e.dedupID, e.payload, e.header)
 		if err != nil {
 			results[i].Err = err
 			continue
@@ -166,17 +208,17 @@ func (q *Queue) PublishDeliveries(ctx context.Context, batch []DeliveryPublish) 
 			retry[i] = true
 			continue
 		}
-		futures[i], err = q.publishAsync(ctx, msg, d.DedupID)
+		futures[i], err = q.publishAsync(ctx, stream, msg, e.dedupID)
 		switch {
 		case err == nil:
 		case isTransientAsync(err):
 			// Keep the order: this entry and all later ones go through the
 			// synchronous path, after the entries already sent.
-			q.log.V(1).Info("Asynchronous publish failed, publishing the rest of the batch synchronously", "subject", subjects[i], "error", err.Error())
+			q.log.V(1).Info("Asynchronous publish failed, publishing the rest of the batch synchronously", "subject", e.subject, "error", err.Error())
 			sending = false
 			retry[i] = true
 		default:
-			results[i].Err = fmt.Errorf("publish to %s: %w", subjects[i], classify(q.connectionError(err)))
+			results[i].Err = fmt.Errorf("publish to %s: %w", e.subject, classify(q.connectionError(err)))
 		}
 	}
 	for i, f := range futures {
@@ -188,17 +230,17 @@ func (q *Queue) PublishDeliveries(ctx context.Context, batch []DeliveryPublish) 
 		case err == nil:
 			results[i] = PublishResult{Sequence: ack.Sequence, Duplicate: ack.Duplicate}
 		case isTransientAsync(err):
-			q.log.V(1).Info("Asynchronous publish failed, retrying", "subject", subjects[i], "error", err.Error())
+			q.log.V(1).Info("Asynchronous publish failed, retrying", "subject", batch[i].subject, "error", err.Error())
 			retry[i] = true
 		default:
-			results[i].Err = fmt.Errorf("publish to %s: %w", subjects[i], classify(err))
+			results[i].Err = fmt.Errorf("publish to %s: %w", batch[i].subject, classify(err))
 		}
 	}
-	for i, d := range batch {
+	for i, e := range batch {
 		if !retry[i] {
 			continue
 		}
-		seq, duplicate, err := q.publish(ctx, DeliveriesStream, subjects[i], d.DedupID, d.Payload, d.Header)
+		seq, duplicate, err := q.publish(ctx, stream, e.subject, e.dedupID, e.payload, e.header)
 		results[i] = PublishResult{Sequence: seq, Duplicate: duplicate, Err: err}
 	}
 	return results
@@ -208,7 +250,7 @@ func (q *Queue) PublishDeliveries(ctx context.Context, batch []DeliveryPublish) 
 // connection's asynchronous publishes in flight reach the JetStream
 // context's limit (PublishAsyncMaxPending), it waits for a free slot for up
 // to PublishTimeout, bounded by ctx.
-func (q *Queue) publishAsync(ctx context.Context, msg *nats.Msg, dedupID string) (jetstream.PubAckFuture, error) {
+func (q *Queue) publishAsync(ctx context.Context, stream string, msg *nats.Msg, dedupID string) (jetstream.PubAckFuture, error) {
 	stallWait := q.cfg.PublishTimeout
 	if deadline, ok := ctx.Deadline(); ok {
 		stallWait = min(stallWait, time.Until(deadline))
@@ -219,7 +261,7 @@ func (q *Queue) publishAsync(ctx context.Context, msg *nats.Msg, dedupID string)
 	if stallWait <= 0 {
 		return nil, context.DeadlineExceeded
 	}
-	return q.js.PublishMsgAsync(msg, jetstream.WithMsgID(dedupID), jetstream.WithExpectStream(DeliveriesStream),
+	return q.js.PublishMsgAsync(msg, jetstream.WithMsgID(dedupID), jetstream.WithExpectStream(stream),
 		jetstream.WithStallWait(stallWait))
 }
 

@@ -194,3 +194,40 @@ func TestPublishDeliveriesEmptyBatch(t *testing.T) {
 		t.Fatalf("PublishDeliveries(nil) = %v, want no results", got)
 	}
 }
+
+// TestPublishEventsStoresInOrderOnce: a batch of events is stored in batch
+// order, read back in that order by the event consumer, and a re-sent
+// batch is answered as duplicates of the first sequences.
+func TestPublishEventsStoresInOrderOnce(t *testing.T) {
+	q := openEmbedded(t, t.TempDir())
+	ctx := testContext(t)
+	batch := make([]EventPublish, 20)
+	for i := range batch {
+		data := eventData(i)
+		batch[i] = EventPublish{DedupID: EventDedupID("shop", "/orders", data), Payload: []byte(data), Header: Header{"Herald-Test": {"x"}}}
+	}
+	first := q.PublishEvents(ctx, "shop", batch)
+	mustStoreInOrder(t, first)
+	for i, r := range q.PublishEvents(ctx, "shop", batch) {
+		if r.Err != nil || !r.Duplicate || r.Sequence != first[i].Sequence {
+			t.Errorf("re-sent event %d = %+v, want a duplicate of sequence %d", i, r, first[i].Sequence)
+		}
+	}
+	c, err := q.EventConsumer(ctx, "router", ConsumerOptions{FetchWait: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := fetchN(t, ctx, c, len(batch), 10*time.Second)
+	for i, m := range msgs {
+		if string(m.Data) != eventData(i) || m.Namespace != "shop" {
+			t.Fatalf("event %d read back as %s in namespace %q", i, m.Data, m.Namespace)
+		}
+	}
+
+	// A namespace that cannot be a subject token fails every entry.
+	for i, r := range q.PublishEvents(ctx, "", batch[:2]) {
+		if r.Err == nil {
+			t.Errorf("entry %d for an empty namespace was stored", i)
+		}
+	}
+}
