@@ -255,7 +255,7 @@ func readyForGeneration(conds []metav1.Condition, generation int64) bool {
 func (c *Catalog) rebuildEndpoint(ctx context.Context, namespace, name string) {
 	c.rebuildMu.Lock()
 	defer c.rebuildMu.Unlock()
-	key := namespace + "/" + name
+	key := Key(namespace, name)
 	ep := &heraldv1.WebhookEndpoint{}
 	var next *Endpoint
 	err := c.cache.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, ep)

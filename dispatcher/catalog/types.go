@@ -37,7 +37,11 @@ type Endpoint struct {
 }
 
 // Key returns "namespace/name".
-func (e *Endpoint) Key() string { return e.Namespace + "/" + e.Name }
+func (e *Endpoint) Key() string { return Key(e.Namespace, e.Name) }
+
+// Key is the "namespace/name" key the catalog and the delivery stage know
+// an object by.
+func Key(namespace, name string) string { return namespace + "/" + name }
 
 // Subscription is a Ready, unsuspended Subscription.
 type Subscription struct {

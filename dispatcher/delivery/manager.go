@@ -193,7 +193,7 @@ func (m *Manager) registerEndpointGauges(reg prometheus.Registerer) error {
 // endpoint that is not idle or not delivered to.
 func (m *Manager) Wake(namespace, name string) {
 	m.mu.Lock()
-	w := m.workers[namespace+"/"+name]
+	w := m.workers[catalog.Key(namespace, name)]
 	m.mu.Unlock()
 	if w != nil {
 		w.wake()

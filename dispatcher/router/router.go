@@ -113,9 +113,10 @@ type Options struct {
 	MaxRetryDelay time.Duration
 	// Reporter, when set, is told about matched Subscriptions.
 	Reporter MatchReporter
-	// Queued, when set, is called after a delivery to an endpoint was
-	// stored (the delivery stage wakes the endpoint if it is idle). It must
-	// be cheap and safe for concurrent use.
+	// Queued, when set, is called once per fetched batch and namespace for
+	// every endpoint that got a delivery stored (the delivery stage wakes
+	// the endpoint if it is idle). It must be cheap and safe for concurrent
+	// use.
 	Queued func(namespace, endpoint string)
 	// Registerer registers the router's metrics; nil registers none.
 	Registerer prometheus.Registerer
@@ -375,6 +376,7 @@ func (r *Router) fanOut(ctx context.Context, namespace string, msgs []*queue.Mes
 		return outcomes
 	}
 	results := r.queue.PublishDeliveries(ctx, batch)
+	r.notifyQueued(batch, results)
 	for i := range outcomes {
 		start, end := ranges[i][0], ranges[i][1]
 		if start == end {
@@ -436,6 +438,23 @@ func (r *Router) plan(namespace string, payload []byte, header queue.Header) (Fa
 	return res, deliveries, nil
 }
 
+// notifyQueued tells Options.Queued about every endpoint that got at least
+// one delivery stored in a batch, once per endpoint.
+func (r *Router) notifyQueued(batch []queue.DeliveryPublish, results []queue.PublishResult) {
+	if r.opts.Queued == nil {
+		return
+	}
+	notified := make(map[string]bool)
+	for i, res := range results {
+		ep := batch[i].Endpoint
+		if res.Err != nil || notified[ep] {
+			continue
+		}
+		notified[ep] = true
+		r.opts.Queued(batch[i].Namespace, ep)
+	}
+}
+
 // deliveryErrors counts one event's queued deliveries and returns the
 // failures, if any. The error is permanent only when every failure is: a
 // delivery that may still be queued is not given up because another one of
@@ -446,9 +465,6 @@ func (r *Router) deliveryErrors(deliveries []queue.DeliveryPublish, results []qu
 	for i, res := range results {
 		if res.Err == nil {
 			r.metrics.deliveries.Inc()
-			if r.opts.Queued != nil {
-				r.opts.Queued(deliveries[i].Namespace, deliveries[i].Endpoint)
-			}
 			continue
 		}
 		errs = append(errs, fmt.Errorf("queue delivery to endpoint %s: %w", deliveries[i].Endpoint, res.Err))
