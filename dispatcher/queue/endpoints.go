@@ -108,9 +108,8 @@ func (q *Queue) RemoveEndpoint(ctx context.Context, namespace, endpoint string) 
 	if err := validateEndpoint(namespace, endpoint); err != nil {
 		return err
 	}
-	name := deliveryConsumerName(namespace, endpoint)
-	if err := q.deliveries.DeleteConsumer(ctx, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return fmt.Errorf("remove endpoint %s/%s: delete consumer %s: %w", namespace, endpoint, name, err)
+	if err := q.ReleaseDeliveryConsumer(ctx, namespace, endpoint); err != nil {
+		return fmt.Errorf("remove endpoint %s/%s: %w", namespace, endpoint, err)
 	}
 	if err := q.deliveries.Purge(ctx, jetstream.WithPurgeSubject(DeliverySubject(namespace, endpoint))); err != nil {
 		return fmt.Errorf("remove endpoint %s/%s: purge deliveries: %w", namespace, endpoint, err)
