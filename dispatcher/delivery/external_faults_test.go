@@ -30,7 +30,8 @@ import (
 // SIGKILL exactly as a crashed pod would be, and restarted on its store.
 // Everything listens on 127.0.0.1.
 
-// natsNodeEnv carries a natsNodeConfig to TestNATSNodeChild.
+// natsNodeEnv carries a natsNodeConfig to a child process, which TestMain
+// then runs as a NATS node (runNATSNode) instead of the tests.
 const natsNodeEnv = "HERALD_DELIVERY_NATS_NODE"
 
 type natsNodeConfig struct {
@@ -60,7 +61,7 @@ func startNATSNode(t *testing.T, cfg natsNodeConfig) *natsNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestNATSNodeChild$", "-test.count=1")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), natsNodeEnv+"="+string(raw))
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
@@ -126,17 +127,15 @@ func (n *natsNode) stop(t *testing.T) {
 	}
 }
 
-// TestNATSNodeChild is the NATS server process of the external-mode fault
-// tests; in a normal test run it has nothing to do.
-func TestNATSNodeChild(t *testing.T) {
-	raw := os.Getenv(natsNodeEnv)
-	if raw == "" {
-		return
-	}
+// runNATSNode is the NATS server process of the external-mode fault tests
+// (TestMain runs it when natsNodeEnv is set): it serves the node that raw
+// (a JSON natsNodeConfig) describes until its stdin closes, and returns the
+// exit code.
+func runNATSNode(raw string) int {
 	var cfg natsNodeConfig
 	if err := json.Unmarshal([]byte(raw), &cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "nats node:", err)
-		os.Exit(2)
+		return 2
 	}
 	opts := &server.Options{
 		ServerName: cfg.Name,
@@ -153,7 +152,7 @@ func TestNATSNodeChild(t *testing.T) {
 			u, err := url.Parse(r)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "nats node:", err)
-				os.Exit(2)
+				return 2
 			}
 			opts.Routes = append(opts.Routes, u)
 		}
@@ -161,12 +160,12 @@ func TestNATSNodeChild(t *testing.T) {
 	srv, err := server.NewServer(opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "nats node:", err)
-		os.Exit(2)
+		return 2
 	}
 	srv.Start()
 	if !srv.ReadyForConnections(15 * time.Second) {
 		fmt.Fprintln(os.Stderr, "nats node: not ready")
-		os.Exit(2)
+		return 2
 	}
 	fmt.Println("nats node ready")
 	// Until the parent closes stdin (or dies), bounded all the same.
@@ -181,7 +180,7 @@ func TestNATSNodeChild(t *testing.T) {
 	}
 	srv.Shutdown()
 	srv.WaitForShutdown()
-	os.Exit(0)
+	return 0
 }
 
 func loopbackPorts(t *testing.T, n int) []int {

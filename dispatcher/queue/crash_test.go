@@ -27,7 +27,9 @@ func TestAcknowledgedEventsSurviveKill(t *testing.T) {
 	}
 	dir := t.TempDir()
 	ctx := testContext(t)
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestKillChild$", "-test.count=1")
+	// The test binary itself is the child: TestMain runs runKillChild
+	// instead of the tests when killChildDirEnv is set.
+	cmd := exec.CommandContext(ctx, os.Args[0])
 	cmd.Env = append(os.Environ(), killChildDirEnv+"="+dir)
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
@@ -86,19 +88,17 @@ func TestAcknowledgedEventsSurviveKill(t *testing.T) {
 	t.Logf("all %d acknowledged events survived kill -9; store holds %d", len(acked), len(stored))
 }
 
-// TestKillChild is the child process of TestAcknowledgedEventsSurviveKill;
-// it does nothing in a normal test run.
-func TestKillChild(t *testing.T) {
-	dir := os.Getenv(killChildDirEnv)
-	if dir == "" {
-		t.Skip("helper process for TestAcknowledgedEventsSurviveKill")
-	}
+// runKillChild is the child process of TestAcknowledgedEventsSurviveKill
+// (TestMain runs it when killChildDirEnv is set): it publishes events to an
+// embedded queue in dir and prints "acked <id>" for each acknowledged one
+// until the parent kills it. It returns the exit code.
+func runKillChild(dir string) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	q, err := Open(ctx, Config{StoreDir: dir}, logr.Discard())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child: open:", err)
-		os.Exit(2)
+		return 2
 	}
 	out := bufio.NewWriter(os.Stdout)
 	// Bounded: the parent kills the child long before this ends.
@@ -107,12 +107,12 @@ func TestKillChild(t *testing.T) {
 		header := Header{"Event-Id": []string{id}}
 		if _, _, err := q.PublishEvent(ctx, "ns", EventDedupID("ns", "crash", id), []byte(eventData(i)), header); err != nil {
 			fmt.Fprintln(os.Stderr, "child: publish:", err)
-			os.Exit(2)
+			return 2
 		}
 		_, _ = fmt.Fprintln(out, "acked", id)
 		if err := out.Flush(); err != nil {
-			os.Exit(2)
+			return 2
 		}
 	}
-	os.Exit(3) // never killed: the parent reports it
+	return 3 // never killed: the parent reports it
 }
