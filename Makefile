@@ -63,6 +63,12 @@ envtest: ## Build etcd, kube-apiserver and kubectl into bin/k8s (once; about 6 m
 test: verify-generated vet envtest ## Run all tests with the race detector, envtest included.
 	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test $(GO_TEST_FLAGS) ./...
 
+STRESS_RUNS ?= 5
+
+.PHONY: test-stress
+test-stress: envtest ## Run all tests STRESS_RUNS times (default 5); report how often each failed (JSON in bin/test-stress/).
+	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) STRESS_RUNS=$(STRESS_RUNS) GO_TEST_FLAGS="$(GO_TEST_FLAGS)" hack/test-stress.sh
+
 ##@ Build
 
 .PHONY: build
