@@ -300,7 +300,7 @@ func newTestManager(t testing.TB, q *queue.Queue, mutate ...func(*Options)) (*Ma
 		Dial:         rec.Dial,
 		Lookup:       (&lookupTable{}).Lookup,
 		FetchWait:    500 * time.Millisecond,
-		Breaker:      BreakerConfig{Threshold: 100},
+		Breaker:      BreakerConfig{MinRequests: 1000, ConnectionFailures: 1000},
 		// Tests publish straight into the queue, without the fan-out
 		// stage's Wake: the sweep finds those deliveries.
 		SweepInterval: 100 * time.Millisecond,

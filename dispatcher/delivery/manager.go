@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/utils/clock"
 
 	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/dispatcher/catalog"
@@ -57,6 +58,10 @@ type Options struct {
 	// Now is the clock of the webhook-timestamp header; defaults to
 	// time.Now (tests).
 	Now func() time.Time
+	// Clock is the clock of the endpoints' pacing: circuit-breaker
+	// cool-downs, Retry-After pauses and rate limits. Defaults to the real
+	// clock (tests inject a fake one to check cool-downs exactly).
+	Clock clock.Clock
 	// FetchWait is how long one fetch waits for a delivery; defaults to the
 	// queue's default.
 	FetchWait time.Duration
@@ -88,6 +93,7 @@ type Manager struct {
 	dialer    *ssrf.Dialer
 	breaker   BreakerConfig
 	now       func() time.Time
+	clock     clock.Clock
 	fetchWait time.Duration
 	idleAfter time.Duration
 
@@ -131,6 +137,7 @@ func NewManager(opts Options) (*Manager, error) {
 		}),
 		breaker:   opts.Breaker.withDefaults(),
 		now:       opts.Now,
+		clock:     opts.Clock,
 		fetchWait: opts.FetchWait,
 		idleAfter: cmp.Or(opts.IdleAfter, DefaultIdleAfter),
 		workers:   map[string]*worker{},
@@ -143,6 +150,9 @@ func NewManager(opts Options) (*Manager, error) {
 	}
 	if m.now == nil {
 		m.now = time.Now
+	}
+	if m.clock == nil {
+		m.clock = clock.RealClock{}
 	}
 	if opts.Registerer != nil {
 		if err := m.registerEndpointGauges(opts.Registerer); err != nil {
@@ -447,6 +457,11 @@ func (m *Manager) buildConfig(ep *catalog.Endpoint) (*workerConfig, error) {
 		// JetStream then hands out the next delivery only after the current
 		// one is acknowledged or dead-lettered, across retries and replicas.
 		opts.MaxAckPending = 1
+	} else {
+		// JetStream counts a delivery waiting for its retry as pending:
+		// any limit would let retries in backoff stop fresh deliveries
+		// once it is reached. The pacer bounds what is in flight.
+		opts.MaxAckPending = -1
 	}
 	return &workerConfig{
 		endpoint:     ep,

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/dispatcher/catalog"
@@ -723,65 +724,204 @@ func metricValue(t testing.TB, reg *prometheus.Registry, name string, match map[
 	return sum
 }
 
-// TestManagerCircuitBreakerProbes: after consecutive failures the circuit
-// opens; then probes go out, each a full cool-down after the previous
-// result, until one succeeds and delivery resumes. One request in flight
-// keeps the sequence readable; TestPacerLetsExactlyOneProbeThrough covers
-// concurrent waiters.
+// fakeTimeReceiver answers 500 until healthy is set, then 200, and records
+// the pacing clock's time of every request.
+type fakeTimeReceiver struct {
+	*receiver
+	healthy atomic.Bool
+	mu      sync.Mutex
+	at      []time.Time
+}
+
+func newFakeTimeReceiver(t *testing.T, fc *clocktesting.FakeClock) *fakeTimeReceiver {
+	r := &fakeTimeReceiver{}
+	r.receiver = newReceiver(t, func(_ int, w http.ResponseWriter, _ *http.Request) {
+		r.mu.Lock()
+		r.at = append(r.at, fc.Now())
+		r.mu.Unlock()
+		if r.healthy.Load() {
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		w.WriteHeader(http.StatusInternalServerError)
+	})
+	return r
+}
+
+// requestsAt counts the requests made when the pacing clock read at.
+func (r *fakeTimeReceiver) requestsAt(at time.Time) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, a := range r.at {
+		if a.Equal(at) {
+			n++
+		}
+	}
+	return n
+}
+
+// waitParked waits until every request sent has its outcome reported and
+// the endpoint's loop waits on the pacing clock (a cool-down or pause):
+// from then on nothing is sent until the clock moves.
+func waitParked(t *testing.T, fc *clocktesting.FakeClock, rc *receiver, out *outcomes, key string) {
+	t.Helper()
+	out.waitFor(t, key, "every request reported and the loop waiting on the clock", func(os []Outcome) bool {
+		return len(os) == rc.count() && fc.HasWaiters()
+	})
+}
+
+// TestManagerCircuitBreakerProbes: failures open the circuit; nothing is
+// sent until the cool-down has passed on the pacing clock; then exactly one
+// probe goes out per cool-down until one succeeds, and delivery resumes.
+// The pacing clock is a fake one, so the cool-down is checked exactly and
+// not against wall time on a loaded machine.
 func TestManagerCircuitBreakerProbes(t *testing.T) {
 	q := openQueue(t)
-	const failFirst = 5
+	fc := clocktesting.NewFakeClock(t0)
+	rc := newFakeTimeReceiver(t, fc)
+	const cooldown = time.Minute
+	m, out, _ := newTestManager(t, q, func(o *Options) {
+		o.Clock = fc
+		o.Breaker = BreakerConfig{MinRequests: 2, FailureRatio: 1, Cooldown: cooldown, MaxCooldown: cooldown}
+	})
+	ep := testEndpoint("shop", "orders", rc.URL)
+	ep.Spec.MaxInFlight = new(int32(4))
+	ep.Spec.Retry.MaxAttempts = new(int32(100))
+	const events = 6
+	for i := range events {
+		publish(t, q, "shop", "orders", "o-"+strconv.Itoa(i))
+	}
+	m.Sync([]*catalog.Endpoint{ep})
+
+	// Failures open the circuit; the loop then waits for the cool-down.
+	waitParked(t, fc, rc.receiver, out, "shop/orders")
+	if !slices.ContainsFunc(out.of("shop/orders"), func(o Outcome) bool { return o.CircuitOpen }) {
+		t.Fatalf("circuit not open after failures: %+v", out.of("shop/orders"))
+	}
+	beforeOpen := rc.count()
+
+	// One nanosecond short of the cool-down nothing may go out; at the
+	// cool-down the probe does, and fails.
+	fc.Step(cooldown - time.Nanosecond)
+	fc.Step(time.Nanosecond)
+	waitParked(t, fc, rc.receiver, out, "shop/orders")
+	if got := rc.requestsAt(t0.Add(cooldown)); got != 1 {
+		t.Fatalf("%d requests at the end of the first cool-down, want exactly one probe", got)
+	}
+	if got := rc.count(); got != beforeOpen+1 {
+		t.Fatalf("%d requests after the first probe, want %d", got, beforeOpen+1)
+	}
+
+	// The failed probe re-opened the circuit for another cool-down. The
+	// receiver recovers; the next probe succeeds and delivery resumes.
+	rc.healthy.Store(true)
+	fc.Step(cooldown - time.Nanosecond)
+	fc.Step(time.Nanosecond)
+	got := out.waitFor(t, "shop/orders", "every event delivered", func(os []Outcome) bool { return countSuccess(os) == events })
+	if n := rc.requestsAt(t0.Add(cooldown - time.Nanosecond)); n != 0 {
+		t.Errorf("%d requests before the second cool-down ended", n)
+	}
+	if n := rc.requestsAt(t0.Add(cooldown)); n != 1 {
+		t.Errorf("%d requests at the first probe's time after recovery, want still 1", n)
+	}
+	if last := got[len(got)-1]; last.CircuitOpen {
+		t.Errorf("circuit still open after deliveries succeeded: %+v", last)
+	}
+	if n := rc.requestsAt(t0); n != beforeOpen {
+		t.Errorf("%d requests at the start, %d before the circuit opened", n, beforeOpen)
+	}
+}
+
+// TestManagerRetryAfterPausesEndpoint: a 429 with Retry-After holds the
+// endpoint's next request until the pause (capped at maxBackoff) has
+// passed on the pacing clock, and does not open the circuit.
+func TestManagerRetryAfterPausesEndpoint(t *testing.T) {
+	q := openQueue(t)
+	fc := clocktesting.NewFakeClock(t0)
+	var mu sync.Mutex
+	var at []time.Time
 	rc := newReceiver(t, func(i int, w http.ResponseWriter, _ *http.Request) {
-		if i < failFirst {
+		mu.Lock()
+		at = append(at, fc.Now())
+		mu.Unlock()
+		if i == 0 {
+			w.Header().Set("Retry-After", "3600")
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	m, out, _ := newTestManager(t, q, func(o *Options) {
+		o.Clock = fc
+		o.Breaker = BreakerConfig{MinRequests: 1, FailureRatio: 1}
+	})
+	ep := testEndpoint("shop", "orders", rc.URL)
+	ep.Spec.MaxInFlight = new(int32(1))
+	const maxBackoff = 200 * time.Millisecond
+	ep.Spec.Retry.MaxBackoff = &metav1.Duration{Duration: maxBackoff}
+	publish(t, q, "shop", "orders", "o-0")
+	publish(t, q, "shop", "orders", "o-1")
+	m.Sync([]*catalog.Endpoint{ep})
+
+	waitParked(t, fc, rc, out, "shop/orders")
+	if n := rc.count(); n != 1 {
+		t.Fatalf("%d requests before the pause ended, want the one answered 429", n)
+	}
+	fc.Step(maxBackoff)
+	got := out.waitFor(t, "shop/orders", "both delivered", func(os []Outcome) bool { return countSuccess(os) == 2 })
+	if slices.ContainsFunc(got, func(o Outcome) bool { return o.CircuitOpen }) {
+		t.Errorf("a 429 with Retry-After opened the circuit: %+v", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i, a := range at[1:] {
+		if a.Before(t0.Add(maxBackoff)) {
+			t.Errorf("request %d sent at +%s, inside the pause", i+2, a.Sub(t0))
+		}
+	}
+}
+
+// TestManagerReceiverSucceedingOnRetryIsNotStarved: a receiver that answers
+// 503 with Retry-After to the first two attempts of every webhook-id and
+// 200 to the third gets every event, and the circuit never opens: it is
+// pacing us, not failing. With the old consecutive-failures breaker the
+// circuit opened after five such answers and stayed open.
+func TestManagerReceiverSucceedingOnRetryIsNotStarved(t *testing.T) {
+	q := openQueue(t)
+	var mu sync.Mutex
+	attempts := map[string]int{}
+	rc := newReceiver(t, func(_ int, w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("webhook-id")
+		mu.Lock()
+		attempts[id]++
+		n := attempts[id]
+		mu.Unlock()
+		if n <= 2 {
+			w.Header().Set("Retry-After", "1")
 			w.WriteHeader(http.StatusServiceUnavailable)
 			return
 		}
 		w.WriteHeader(http.StatusOK)
 	})
-	const cooldown = 300 * time.Millisecond
-	m, out, _ := newTestManager(t, q, func(o *Options) {
-		o.Breaker = BreakerConfig{Threshold: 2, Cooldown: cooldown, MaxCooldown: cooldown}
-	})
+	m, out, _ := newTestManager(t, q, func(o *Options) { o.Breaker = BreakerConfig{} })
 	ep := testEndpoint("shop", "orders", rc.URL)
-	ep.Spec.MaxInFlight = new(int32(1))
-	ep.Spec.Retry.MaxAttempts = new(int32(100))
-	for i := range 3 {
+	ep.Spec.Retry.MaxBackoff = &metav1.Duration{Duration: time.Second}
+	const events = 20
+	for i := range events {
 		publish(t, q, "shop", "orders", "o-"+strconv.Itoa(i))
 	}
 	m.Sync([]*catalog.Endpoint{ep})
-	got := out.waitFor(t, "shop/orders", "three successes", func(os []Outcome) bool { return countSuccess(os) == 3 })
-
-	opened := slices.IndexFunc(got, func(o Outcome) bool { return o.CircuitOpen })
-	if opened < 0 {
-		t.Fatalf("circuit never opened: %+v", got)
+	got := out.waitFor(t, "shop/orders", "every event delivered", func(os []Outcome) bool { return countSuccess(os) == events })
+	if slices.ContainsFunc(got, func(o Outcome) bool { return o.CircuitOpen }) {
+		t.Errorf("the circuit opened for a receiver that paces with Retry-After")
 	}
-	// Requests that arrived after the circuit opened are probes until one
-	// succeeds; each waits a cool-down after the result before it.
-	var probes []receivedRequest
-	for _, r := range rc.received() {
-		if r.At.After(got[opened].Time) {
-			probes = append(probes, r)
+	mu.Lock()
+	defer mu.Unlock()
+	for id, n := range attempts {
+		if n != 3 {
+			t.Errorf("webhook-id %s: %d attempts, want 3", id, n)
 		}
-	}
-	if len(probes) < 2 {
-		t.Fatalf("only %d requests after the circuit opened", len(probes))
-	}
-	if gap := probes[0].At.Sub(got[opened].Time); gap < cooldown {
-		t.Errorf("first probe %s after the circuit opened, before the cool-down %s", gap, cooldown)
-	}
-	// With failFirst failures and the threshold reached after two, the
-	// probes are: failing ones, then the successful one.
-	failedProbes := failFirst - (opened + 1)
-	if len(probes) < failedProbes+1 {
-		t.Fatalf("%d probes, want at least %d", len(probes), failedProbes+1)
-	}
-	for i := 1; i <= failedProbes; i++ {
-		if gap := probes[i].At.Sub(probes[i-1].At); gap < cooldown {
-			t.Errorf("probe %d came %s after the previous one, within the cool-down %s", i+1, gap, cooldown)
-		}
-	}
-	if last := got[len(got)-1]; last.CircuitOpen {
-		t.Errorf("circuit still open after deliveries succeeded: %+v", last)
 	}
 }
 
@@ -881,4 +1021,39 @@ func TestManagerSweepWakesIdleEndpoint(t *testing.T) {
 	waitForConsumers(t, q, 0, "a new endpoint with nothing queued")
 	publish(t, q, "shop", "quiet", "e-1")
 	out.waitFor(t, "shop/quiet", "delivery found by the sweep", func(os []Outcome) bool { return countSuccess(os) == 1 })
+}
+
+// TestManagerRetriesInBackoffDoNotBlockFreshDeliveries: with more
+// deliveries waiting for a retry than JetStream's default MaxAckPending
+// (1,000), fresh deliveries of an Unordered endpoint still go out at once.
+func TestManagerRetriesInBackoffDoNotBlockFreshDeliveries(t *testing.T) {
+	q := openQueue(t)
+	const backingOff = 1005
+	var failing atomic.Bool
+	failing.Store(true)
+	rc := newReceiver(t, func(_ int, w http.ResponseWriter, _ *http.Request) {
+		if failing.Load() {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	m, out, _ := newTestManager(t, q)
+	ep := testEndpoint("shop", "orders", rc.URL)
+	ep.Spec.Retry.InitialBackoff = &metav1.Duration{Duration: time.Hour}
+	ep.Spec.Retry.MaxBackoff = &metav1.Duration{Duration: 2 * time.Hour}
+	ep.Spec.MaxInFlight = new(int32(100))
+	for i := range backingOff {
+		publish(t, q, "shop", "orders", "retrying-"+strconv.Itoa(i))
+	}
+	m.Sync([]*catalog.Endpoint{ep})
+	out.waitFor(t, "shop/orders", "every first attempt failed", func(os []Outcome) bool { return len(os) >= backingOff })
+	if !slices.ContainsFunc(out.of("shop/orders"), func(o Outcome) bool { return o.RetryDelay > time.Minute }) {
+		t.Fatal("no delivery is backing off: the test would prove nothing")
+	}
+	failing.Store(false)
+	for i := range 5 {
+		publish(t, q, "shop", "orders", "fresh-"+strconv.Itoa(i))
+	}
+	out.waitFor(t, "shop/orders", "five fresh deliveries", func(os []Outcome) bool { return countSuccess(os) == 5 })
 }

@@ -6,22 +6,40 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+	"k8s.io/utils/clock"
 
 	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 )
 
-// Circuit breaker defaults.
+// Circuit breaker defaults. They follow what receivers behind a load
+// balancer need: one slow minute or a handful of 500s among many successes
+// must not stop delivery, a receiver that is down must not be hammered.
 const (
-	DefaultBreakerThreshold   = 5
-	DefaultBreakerCooldown    = 10 * time.Second
-	DefaultBreakerMaxCooldown = 10 * time.Minute
+	DefaultBreakerWindow             = 30 * time.Second
+	DefaultBreakerMinRequests        = 10
+	DefaultBreakerFailureRatio       = 0.5
+	DefaultBreakerConnectionFailures = 3
+	DefaultBreakerCooldown           = 10 * time.Second
+	DefaultBreakerMaxCooldown        = 10 * time.Minute
 )
 
 // BreakerConfig tunes the per-endpoint circuit breaker. Zero fields take
 // the defaults.
 type BreakerConfig struct {
-	// Threshold is how many consecutive failed attempts open the circuit.
-	Threshold int
+	// Window is the span of recent results the failure rate is computed
+	// over.
+	Window time.Duration
+	// MinRequests is the fewest results (successes and failures) the
+	// window must hold before the failure rate may open the circuit, so
+	// that two failures of the first three requests do not.
+	MinRequests int
+	// FailureRatio is the share of failures in the window, in (0, 1], at
+	// or above which the circuit opens.
+	FailureRatio float64
+	// ConnectionFailures is how many consecutive attempts that got no
+	// connection at all (refused, reset, DNS, TLS, blocked address) open
+	// the circuit, whatever the window holds: the receiver is not there.
+	ConnectionFailures int
 	// Cooldown is how long the circuit stays open before the first probe.
 	Cooldown time.Duration
 	// MaxCooldown caps the cool-down, which doubles after each failed probe.
@@ -29,8 +47,17 @@ type BreakerConfig struct {
 }
 
 func (c BreakerConfig) withDefaults() BreakerConfig {
-	if c.Threshold <= 0 {
-		c.Threshold = DefaultBreakerThreshold
+	if c.Window <= 0 {
+		c.Window = DefaultBreakerWindow
+	}
+	if c.MinRequests <= 0 {
+		c.MinRequests = DefaultBreakerMinRequests
+	}
+	if c.FailureRatio <= 0 || c.FailureRatio > 1 {
+		c.FailureRatio = DefaultBreakerFailureRatio
+	}
+	if c.ConnectionFailures <= 0 {
+		c.ConnectionFailures = DefaultBreakerConnectionFailures
 	}
 	if c.Cooldown <= 0 {
 		c.Cooldown = DefaultBreakerCooldown
@@ -42,6 +69,26 @@ func (c BreakerConfig) withDefaults() BreakerConfig {
 	return c
 }
 
+// Result is what an attempt tells the circuit breaker about the receiver.
+type Result int
+
+const (
+	// ResultSuccess: a 2xx answer.
+	ResultSuccess Result = iota
+	// ResultFailure: an error answer or a timeout; counts toward the
+	// failure rate.
+	ResultFailure
+	// ResultConnectionFailure: no connection was made; counts toward the
+	// failure rate and the consecutive connection failures.
+	ResultConnectionFailure
+	// ResultPaced: 429 or 503 with Retry-After. The receiver is alive and
+	// asks us to slow down: the endpoint is paused (Pacer.Pause), and the
+	// answer is neither a success nor a failure for the breaker.
+	ResultPaced
+)
+
+func (r Result) failed() bool { return r == ResultFailure || r == ResultConnectionFailure }
+
 type breakerState int
 
 const (
@@ -50,13 +97,56 @@ const (
 	breakerHalfOpen
 )
 
-// breaker is a consecutive-failures circuit breaker. It is not safe for
-// concurrent use: Pacer guards it. All methods take the current time, so
-// its transitions are tested without a clock.
+// windowBuckets is the resolution of the failure-rate window: results age
+// out a tenth of the window at a time.
+const windowBuckets = 10
+
+type bucket struct {
+	start               time.Time
+	successes, failures int
+}
+
+// window counts successes and failures over the last span, in buckets.
+type window struct {
+	span    time.Duration
+	buckets [windowBuckets]bucket
+}
+
+func (w *window) add(now time.Time, failed bool) {
+	width := w.span / windowBuckets
+	start := now.Truncate(width)
+	b := &w.buckets[(start.UnixNano()/int64(width))%windowBuckets]
+	if !b.start.Equal(start) {
+		*b = bucket{start: start}
+	}
+	if failed {
+		b.failures++
+	} else {
+		b.successes++
+	}
+}
+
+func (w *window) counts(now time.Time) (total, failures int) {
+	for _, b := range w.buckets {
+		if !b.start.IsZero() && now.Sub(b.start) < w.span {
+			total += b.successes + b.failures
+			failures += b.failures
+		}
+	}
+	return total, failures
+}
+
+func (w *window) reset() { w.buckets = [windowBuckets]bucket{} }
+
+// breaker is a failure-rate circuit breaker. It is not safe for concurrent
+// use: Pacer guards it. All methods take the current time, so its
+// transitions are tested without a clock.
 type breaker struct {
 	cfg                 BreakerConfig
 	state               breakerState
+	window              window
 	consecutiveFailures int
+	connectionFailures  int
 	cooldown            time.Duration
 	openUntil           time.Time
 	probeInFlight       bool
@@ -64,7 +154,7 @@ type breaker struct {
 
 func newBreaker(cfg BreakerConfig) breaker {
 	cfg = cfg.withDefaults()
-	return breaker{cfg: cfg, cooldown: cfg.Cooldown}
+	return breaker{cfg: cfg, cooldown: cfg.Cooldown, window: window{span: cfg.Window}}
 }
 
 // allow reports whether a request may start at now. While the circuit is
@@ -89,29 +179,39 @@ func (b *breaker) allow(now time.Time) (ok, probe bool, retryAt time.Time) {
 }
 
 // record takes the result of a request. A probe's result closes the circuit
-// or re-opens it with a doubled cool-down; results of requests started
-// before the circuit opened do not change an open circuit.
-func (b *breaker) record(success, probe bool, now time.Time) {
+// (success, or a paced answer: the receiver is there) or re-opens it with a
+// doubled cool-down; results of requests started before the circuit opened
+// do not change an open circuit. While closed, the circuit opens when the
+// window holds at least MinRequests results of which at least FailureRatio
+// failed, or after ConnectionFailures consecutive connection failures.
+func (b *breaker) record(r Result, probe bool, now time.Time) {
+	if r.failed() {
+		b.consecutiveFailures++
+	} else if r == ResultSuccess {
+		b.consecutiveFailures = 0
+	}
+	if r == ResultConnectionFailure {
+		b.connectionFailures++
+	} else {
+		b.connectionFailures = 0
+	}
 	if probe {
 		b.probeInFlight = false
-		if success {
+		if !r.failed() {
 			b.close()
 			return
 		}
-		b.consecutiveFailures++
 		b.cooldown = min(2*b.cooldown, b.cfg.MaxCooldown)
 		b.state, b.openUntil = breakerOpen, now.Add(b.cooldown)
 		return
 	}
-	if b.state != breakerClosed {
+	if b.state != breakerClosed || r == ResultPaced {
 		return
 	}
-	if success {
-		b.consecutiveFailures = 0
-		return
-	}
-	b.consecutiveFailures++
-	if b.consecutiveFailures >= b.cfg.Threshold {
+	b.window.add(now, r.failed())
+	total, failures := b.window.counts(now)
+	rateExceeded := total >= b.cfg.MinRequests && float64(failures) >= b.cfg.FailureRatio*float64(total)
+	if rateExceeded || b.connectionFailures >= b.cfg.ConnectionFailures {
 		b.cooldown = b.cfg.Cooldown
 		b.state, b.openUntil = breakerOpen, now.Add(b.cooldown)
 	}
@@ -121,15 +221,20 @@ func (b *breaker) record(success, probe bool, now time.Time) {
 func (b *breaker) cancelProbe() { b.probeInFlight = false }
 
 func (b *breaker) close() {
-	b.state, b.consecutiveFailures, b.cooldown = breakerClosed, 0, b.cfg.Cooldown
+	b.state, b.cooldown = breakerClosed, b.cfg.Cooldown
+	b.consecutiveFailures, b.connectionFailures = 0, 0
+	b.window.reset()
 }
 
-// Pacer paces the requests of one endpoint: a circuit breaker, a cap on
-// requests in flight and a token bucket. Every endpoint has its own; nothing
-// is shared between endpoints. It is safe for concurrent use.
+// Pacer paces the requests of one endpoint: a circuit breaker, a pause
+// requested by the receiver (Retry-After), a cap on requests in flight and
+// a token bucket. Every endpoint has its own; nothing is shared between
+// endpoints. It is safe for concurrent use.
 type Pacer struct {
+	clock       clock.Clock
 	mu          sync.Mutex
 	breaker     breaker
+	pausedUntil time.Time
 	maxInFlight int
 	inFlight    int
 	limiter     *rate.Limiter // nil: unlimited
@@ -139,9 +244,13 @@ type Pacer struct {
 }
 
 // NewPacer returns a pacer allowing maxInFlight concurrent requests at the
-// rate of rateLimit (nil: unlimited).
-func NewPacer(maxInFlight int, rateLimit *heraldv1.RateLimitSpec, breakerConfig BreakerConfig) *Pacer {
-	p := &Pacer{breaker: newBreaker(breakerConfig), changed: make(chan struct{})}
+// rate of rateLimit (nil: unlimited). clk is the clock of the cool-downs,
+// pauses and the token bucket; nil means the real one.
+func NewPacer(maxInFlight int, rateLimit *heraldv1.RateLimitSpec, breakerConfig BreakerConfig, clk clock.Clock) *Pacer {
+	if clk == nil {
+		clk = clock.RealClock{}
+	}
+	p := &Pacer{clock: clk, breaker: newBreaker(breakerConfig), changed: make(chan struct{})}
 	p.Update(maxInFlight, rateLimit)
 	return p
 }
@@ -152,14 +261,15 @@ func (p *Pacer) Update(maxInFlight int, rateLimit *heraldv1.RateLimitSpec) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.maxInFlight = max(maxInFlight, 1)
+	now := p.clock.Now()
 	switch {
 	case rateLimit == nil || rateLimit.RequestsPerSecond <= 0:
 		p.limiter = nil
 	case p.limiter == nil:
 		p.limiter = rate.NewLimiter(rate.Limit(rateLimit.RequestsPerSecond), max(rateLimit.GetBurst(), 1))
 	default:
-		p.limiter.SetLimit(rate.Limit(rateLimit.RequestsPerSecond))
-		p.limiter.SetBurst(max(rateLimit.GetBurst(), 1))
+		p.limiter.SetLimitAt(now, rate.Limit(rateLimit.RequestsPerSecond))
+		p.limiter.SetBurstAt(now, max(rateLimit.GetBurst(), 1))
 	}
 	p.notifyLocked()
 }
@@ -169,20 +279,34 @@ func (p *Pacer) notifyLocked() {
 	p.changed = make(chan struct{})
 }
 
+// Pause holds every request that has not started until until: the
+// receiver answered 429 or 503 with Retry-After. A later pause extends an
+// earlier one, an earlier one changes nothing. Requests in flight finish.
+func (p *Pacer) Pause(until time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if until.After(p.pausedUntil) {
+		p.pausedUntil = until
+	}
+}
+
 // Ticket is the permission to send one request. Exactly one of Done or
 // Release ends it.
 type Ticket struct {
 	pacer *Pacer
 	probe bool
-	once  sync.Once
+	// issuedAt is the pacer's clock when the ticket was handed out.
+	issuedAt time.Time
+	once     sync.Once
 }
 
 // Probe reports whether this request is the circuit breaker's probe.
 func (t *Ticket) Probe() bool { return t.probe }
 
-// Acquire waits until a request may be sent: the circuit lets it through,
-// fewer than maxInFlight requests are in flight, and the token bucket has a
-// token. It returns ctx's error when ctx ends first.
+// Acquire waits until a request may be sent: no pause is in force, the
+// circuit lets it through, fewer than maxInFlight requests are in flight,
+// and the token bucket has a token. It returns ctx's error when ctx ends
+// first.
 //
 // The delivery loop acquires before it fetches, so a delivery is never held
 // (its AckWait running) while it waits for pacing. A token taken for a fetch
@@ -192,14 +316,17 @@ func (p *Pacer) Acquire(ctx context.Context) (*Ticket, error) {
 	for {
 		p.mu.Lock()
 		var retryAt time.Time
-		if p.inFlight < p.maxInFlight {
-			now := time.Now()
+		now := p.clock.Now()
+		switch {
+		case now.Before(p.pausedUntil):
+			retryAt = p.pausedUntil
+		case p.inFlight < p.maxInFlight:
 			ok, probe, at := p.breaker.allow(now)
 			if ok {
 				p.inFlight++
 				limiter := p.limiter
 				p.mu.Unlock()
-				t := &Ticket{pacer: p, probe: probe}
+				t := &Ticket{pacer: p, probe: probe, issuedAt: now}
 				if err := t.waitForToken(ctx, limiter); err != nil {
 					t.Release()
 					return nil, err
@@ -211,11 +338,11 @@ func (p *Pacer) Acquire(ctx context.Context) (*Ticket, error) {
 		changed := p.changed
 		p.mu.Unlock()
 
-		var timer *time.Timer
+		var timer clock.Timer
 		var expired <-chan time.Time
 		if !retryAt.IsZero() {
-			timer = time.NewTimer(time.Until(retryAt))
-			expired = timer.C
+			timer = p.clock.NewTimer(retryAt.Sub(now))
+			expired = timer.C()
 		}
 		select {
 		case <-ctx.Done():
@@ -232,9 +359,10 @@ func (p *Pacer) Acquire(ctx context.Context) (*Ticket, error) {
 }
 
 // TryAcquire returns up to n tickets that may be used right now without
-// waiting: the circuit is closed, a slot is free under maxInFlight and the
-// token bucket has a token for each. It returns none while the circuit is
-// open or half-open: the probe is only ever handed out by Acquire.
+// waiting: no pause is in force, the circuit is closed, a slot is free
+// under maxInFlight and the token bucket has a token for each. It returns
+// none while the circuit is open or half-open: the probe is only ever
+// handed out by Acquire.
 //
 // The delivery loop calls it after Acquire, for a backlog it knows of, to
 // fetch several deliveries in one round trip. Tokens it takes are spent
@@ -243,7 +371,8 @@ func (p *Pacer) Acquire(ctx context.Context) (*Ticket, error) {
 func (p *Pacer) TryAcquire(n int) []*Ticket {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.breaker.state != breakerClosed {
+	now := p.clock.Now()
+	if p.breaker.state != breakerClosed || now.Before(p.pausedUntil) {
 		return nil
 	}
 	n = min(n, p.maxInFlight-p.inFlight)
@@ -251,7 +380,6 @@ func (p *Pacer) TryAcquire(n int) []*Ticket {
 		return nil
 	}
 	if p.limiter != nil {
-		now := time.Now()
 		n = min(n, int(p.limiter.TokensAt(now)))
 		if n <= 0 || !p.limiter.AllowN(now, n) {
 			return nil
@@ -259,7 +387,7 @@ func (p *Pacer) TryAcquire(n int) []*Ticket {
 	}
 	tickets := make([]*Ticket, n)
 	for i := range tickets {
-		tickets[i] = &Ticket{pacer: p}
+		tickets[i] = &Ticket{pacer: p, issuedAt: now}
 	}
 	p.inFlight += n
 	return tickets
@@ -269,34 +397,36 @@ func (t *Ticket) waitForToken(ctx context.Context, limiter *rate.Limiter) error 
 	if limiter == nil {
 		return nil
 	}
-	r := limiter.Reserve()
+	clk := t.pacer.clock
+	now := clk.Now()
+	r := limiter.ReserveN(now, 1)
 	if !r.OK() {
 		return nil // burst below 1 cannot happen after Update; do not block for ever
 	}
-	delay := r.Delay()
+	delay := r.DelayFrom(now)
 	if delay <= 0 {
 		return nil
 	}
-	timer := time.NewTimer(delay)
+	timer := clk.NewTimer(delay)
 	defer timer.Stop()
 	select {
 	case <-ctx.Done():
-		r.Cancel() // gives back the future token
+		r.CancelAt(clk.Now()) // gives back the future token
 		return ctx.Err()
-	case <-timer.C:
+	case <-timer.C():
 		return nil
 	}
 }
 
 // Done ends a ticket whose request was sent, recording its result. It
 // returns whether the circuit is open afterwards.
-func (t *Ticket) Done(success bool) (circuitOpen bool) {
+func (t *Ticket) Done(r Result) (circuitOpen bool) {
 	t.once.Do(func() {
 		p := t.pacer
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		p.inFlight--
-		p.breaker.record(success, t.probe, time.Now())
+		p.breaker.record(r, t.probe, p.clock.Now())
 		p.notifyLocked()
 		circuitOpen = p.breaker.state != breakerClosed
 	})
@@ -333,7 +463,7 @@ func (p *Pacer) CircuitOpen() bool {
 }
 
 // ConsecutiveFailures is the number of failed attempts since the last
-// success.
+// success (paced answers count as neither).
 func (p *Pacer) ConsecutiveFailures() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -152,3 +152,38 @@ func decide(res attemptResult, policy heraldv1.RetryPolicy, attempt int, ingeste
 	}
 	return decision{action: actionRetry, delay: delay}
 }
+
+// breakerResult is what an attempt tells the circuit breaker, and how long
+// the whole endpoint pauses before its next request. A 429, or a 503 with
+// Retry-After, is the receiver pacing us, not a dead receiver: it pauses
+// the endpoint for the Retry-After (at most maxBackoff) and is not a
+// failure. An attempt that got no connection at all is a connection
+// failure; any other error answer or a timeout is a failure.
+func breakerResult(res attemptResult, maxBackoff time.Duration, now time.Time) (Result, time.Duration) {
+	switch {
+	case res.success:
+		return ResultSuccess, 0
+	case res.statusCode == http.StatusTooManyRequests || res.statusCode == http.StatusServiceUnavailable:
+		retryAfter, ok := ParseRetryAfter(res.retryAfter, now)
+		switch {
+		case ok:
+			return ResultPaced, min(retryAfter, maxBackoff)
+		case res.statusCode == http.StatusTooManyRequests:
+			return ResultPaced, 0
+		}
+		return ResultFailure, 0
+	case res.statusCode == 0 && isConnectionFailure(res.reason):
+		return ResultConnectionFailure, 0
+	}
+	return ResultFailure, 0
+}
+
+// isConnectionFailure reports whether a failure reason means that no
+// connection to the receiver could be made or kept.
+func isConnectionFailure(reason string) bool {
+	switch reason {
+	case ReasonConnectionRefused, ReasonConnectionReset, ReasonDNSFailure, ReasonTLSError, ReasonBlockedAddress:
+		return true
+	}
+	return false
+}

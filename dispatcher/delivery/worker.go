@@ -50,7 +50,7 @@ func newWorker(m *Manager, ep *catalog.Endpoint, cfg *workerConfig) *worker {
 		key:       ep.Key(),
 		namespace: ep.Namespace,
 		name:      ep.Name,
-		pacer:     NewPacer(ep.Spec.GetMaxInFlight(), ep.Spec.RateLimit, m.breaker),
+		pacer:     NewPacer(ep.Spec.GetMaxInFlight(), ep.Spec.RateLimit, m.breaker, m.clock),
 		log:       m.log.WithValues("namespace", ep.Namespace, "name", ep.Name),
 		ctx:       ctx,
 		cancel:    cancel,
@@ -390,7 +390,11 @@ func (w *worker) process(cfg *workerConfig, msg *queue.Message, ticket *Ticket) 
 		}
 	}
 	o.Success, o.StatusCode, o.Reason = res.success, res.statusCode, res.reason
-	o.CircuitOpen = ticket.Done(res.success)
+	result, pause := breakerResult(res, policy.MaxBackoff, o.Time)
+	if pause > 0 {
+		w.pacer.Pause(w.m.clock.Now().Add(pause))
+	}
+	o.CircuitOpen = ticket.Done(result)
 
 	d := decide(res, policy, o.Attempt, ingested, time.Now())
 	switch d.action {

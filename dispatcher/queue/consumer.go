@@ -36,7 +36,8 @@ type ConsumerOptions struct {
 	// this bounds in-flight plus backing-off messages; it is not the
 	// endpoint's maxInFlight, which the delivery stage enforces itself. Set it
 	// to 1 for an Ordered endpoint: the next message is then not delivered
-	// before the current one is acknowledged, even across retries.
+	// before the current one is acknowledged, even across retries. A
+	// negative value means no limit.
 	MaxAckPending int
 
 	// AckWait is how long a delivered message may stay unacknowledged before
@@ -108,7 +109,7 @@ func (q *Queue) DeliveryConsumer(ctx context.Context, namespace, endpoint string
 }
 
 func (o ConsumerOptions) withDefaults(maxAckPending int, ackWait time.Duration) ConsumerOptions {
-	if o.MaxAckPending <= 0 {
+	if o.MaxAckPending == 0 {
 		o.MaxAckPending = maxAckPending
 	}
 	if o.AckWait <= 0 {
