@@ -1,10 +1,23 @@
 package health
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 )
 
 // TestReplicasSumInBucket: two dispatcher replicas record attempts for the
@@ -173,14 +186,21 @@ func TestLease(t *testing.T) {
 }
 
 // TestRunHandsOverLease: with two Reporters running, exactly one writes
-// status; when it stops, the other takes over.
+// status, the one holding the lease; when it stops, the other takes over
+// and writes from then on. Which replica writes is observed through the
+// status applies each replica's client makes.
 func TestRunHandsOverLease(t *testing.T) {
 	js := startJetStream(t)
+	api := &statusAPI{endpoint: &heraldv1.WebhookEndpoint{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "billing", UID: "billing-uid", Generation: 1},
+	}}
+	cat := &fakeEndpoints{}
+	cat.set(catalogEndpoint("shop", "billing"))
 	opts := func(id string) Options {
-		return Options{Replica: id, Queue: &testQueue{js: js.connect()}, FlushInterval: 50 * time.Millisecond, LeaseDuration: time.Second}
+		return Options{Replica: id, Client: api.as(id), Catalog: cat, Queue: &testQueue{js: js.connect()},
+			FlushInterval: 50 * time.Millisecond, Interval: 100 * time.Millisecond, LeaseDuration: time.Second}
 	}
-	a := newRunning(t, opts("a"))
-	b := newRunning(t, opts("b"))
+	replicas := map[string]*running{"a": newRunning(t, opts("a")), "b": newRunning(t, opts("b"))}
 	holder := func() string {
 		kv, err := js.connect().KeyValue(testContext(t), DefaultBucket)
 		if err != nil {
@@ -190,14 +210,147 @@ func TestRunHandsOverLease(t *testing.T) {
 		if err != nil {
 			return ""
 		}
-		return string(e.Value())
+		var lease leaseRecord
+		_ = json.Unmarshal(e.Value(), &lease)
+		return lease.Holder
 	}
-	eventually(t, 10*time.Second, "a lease holder", func() bool { return holder() != "" })
-	first, second := a, b
-	if holder() == `{"holder":"b"}` {
-		first, second = b, a
+
+	// Each change must show in status. Both replicas record deliveries, so
+	// both have something to write; only the lease holder may write it.
+	var delivered int64
+	record := func(ids ...string) {
+		for _, id := range ids {
+			replicas[id].r.Record(Outcome{Namespace: "shop", Endpoint: "billing", Success: true, Time: time.Now()})
+			delivered++
+		}
 	}
-	first.stop()
-	want := fmt.Sprintf(`{"holder":%q}`, second.r.opts.Replica)
-	eventually(t, 10*time.Second, "the other replica to take the lease", func() bool { return holder() == want })
+	waitWritten := func(what string) {
+		t.Helper()
+		eventually(t, 10*time.Second, what, func() bool { return api.delivered() == delivered })
+	}
+	for round := range 3 {
+		record("a", "b")
+		waitWritten(fmt.Sprintf("status of round %d", round))
+	}
+	writers := api.writersSince(0)
+	if len(writers) != 1 {
+		t.Fatalf("status written by replicas %v, want exactly one", writers)
+	}
+	first := writers[0]
+	if h := holder(); h != first {
+		t.Errorf("status written by %q, but the lease is held by %q", first, h)
+	}
+	second := map[string]string{"a": "b", "b": "a"}[first]
+
+	// The writer stops (and releases the lease): the other takes over.
+	before := api.writeCount()
+	replicas[first].stop()
+	record(second)
+	waitWritten("status written after the hand-over")
+	if after := api.writersSince(before); len(after) != 1 || after[0] != second {
+		t.Errorf("after %s stopped, status written by replicas %v, want only %s", first, after, second)
+	}
+	if h := holder(); h != second {
+		t.Errorf("lease held by %q after the hand-over, want %q", h, second)
+	}
+}
+
+// statusAPI stands in for the API server in lease tests: one
+// WebhookEndpoint shared by the replicas, and the status applies each
+// replica made, in order.
+type statusAPI struct {
+	mu       sync.Mutex
+	endpoint *heraldv1.WebhookEndpoint
+	writes   []string // the replica of each apply
+}
+
+// as returns the client replica writes status with.
+func (a *statusAPI) as(replica string) StatusClient { return &replicaClient{api: a, replica: replica} }
+
+func (a *statusAPI) delivered() int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.endpoint.Status.Delivery == nil {
+		return -1
+	}
+	return a.endpoint.Status.Delivery.Delivered
+}
+
+func (a *statusAPI) writeCount() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.writes)
+}
+
+// writersSince returns the replicas that applied status since the n-th
+// apply, sorted.
+func (a *statusAPI) writersSince(n int) []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	writers := slices.Clone(a.writes[n:])
+	slices.Sort(writers)
+	return slices.Compact(writers)
+}
+
+type replicaClient struct {
+	api     *statusAPI
+	replica string
+}
+
+func (c *replicaClient) Get(_ context.Context, key client.ObjectKey, obj client.Object, _ ...client.GetOption) error {
+	c.api.mu.Lock()
+	defer c.api.mu.Unlock()
+	ep, ok := obj.(*heraldv1.WebhookEndpoint)
+	if !ok || key != client.ObjectKeyFromObject(c.api.endpoint) {
+		return apierrors.NewNotFound(schema.GroupResource{Group: "herald.dev"}, key.Name)
+	}
+	c.api.endpoint.DeepCopyInto(ep)
+	return nil
+}
+
+func (c *replicaClient) List(context.Context, client.ObjectList, ...client.ListOption) error {
+	return errors.New("replicaClient: List not supported")
+}
+
+func (c *replicaClient) Status() client.SubResourceWriter { return replicaStatusWriter{c} }
+
+// replicaStatusWriter applies status the way server-side apply does for the
+// dispatcher's fields: status.delivery and the conditions it names are
+// replaced, the rest stays.
+type replicaStatusWriter struct{ c *replicaClient }
+
+func (w replicaStatusWriter) Apply(_ context.Context, obj runtime.ApplyConfiguration, _ ...client.SubResourceApplyOption) error {
+	raw, err := json.Marshal(obj)
+	if err != nil {
+		return err
+	}
+	var applied heraldv1.WebhookEndpoint
+	if err := json.Unmarshal(raw, &applied); err != nil {
+		return err
+	}
+	api := w.c.api
+	api.mu.Lock()
+	defer api.mu.Unlock()
+	if client.ObjectKeyFromObject(&applied) != client.ObjectKeyFromObject(api.endpoint) {
+		return apierrors.NewNotFound(schema.GroupResource{Group: "herald.dev"}, applied.Name)
+	}
+	api.endpoint.Status.Delivery = applied.Status.Delivery
+	for _, c := range applied.Status.Conditions {
+		meta.RemoveStatusCondition(&api.endpoint.Status.Conditions, c.Type)
+		api.endpoint.Status.Conditions = append(api.endpoint.Status.Conditions, c)
+	}
+	api.writes = append(api.writes, w.c.replica)
+	return nil
+}
+
+func (replicaStatusWriter) Create(context.Context, client.Object, client.Object, ...client.SubResourceCreateOption) error {
+	return errors.New("replicaStatusWriter: only Apply is supported")
+}
+
+func (replicaStatusWriter) Update(context.Context, client.Object, ...client.SubResourceUpdateOption) error {
+	return errors.New("replicaStatusWriter: only Apply is supported")
+}
+
+func (replicaStatusWriter) Patch(context.Context, client.Object, client.Patch, ...client.SubResourcePatchOption) error {
+	return errors.New("replicaStatusWriter: only Apply is supported")
 }
