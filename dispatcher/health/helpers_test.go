@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -212,14 +213,17 @@ func newRunning(t testing.TB, opts Options) *running {
 }
 
 // testQueue is the Queue of a test: a JetStream connection and fixed
-// queue counts.
+// queue counts. polls counts the Pending calls: the status writer reads the
+// counts once per pass that polls them, so a test can wait for passes.
 type testQueue struct {
 	js            jetstream.JetStream
 	pending, dead uint64
+	polls         atomic.Int64
 }
 
 func (q *testQueue) JetStream() jetstream.JetStream { return q.js }
 func (q *testQueue) Pending(context.Context, string, string) (uint64, error) {
+	q.polls.Add(1)
 	return q.pending, nil
 }
 func (q *testQueue) DeadLetterCount(context.Context, string, string) (uint64, error) {
