@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -57,10 +58,16 @@ type Catalog struct {
 	// ready is, per namespace, the immutable sorted snapshot Subscriptions
 	// returns: Ready subscriptions whose endpoint is Ready. revision changes
 	// whenever any snapshot does.
-	ready     map[string][]*Subscription
-	revision  uint64
+	ready    map[string][]*Subscription
+	revision uint64
+	// pending holds, per namespace, the objects ("WebhookEndpoint/name",
+	// "Subscription/name") whose current generation is neither usable nor
+	// definitively invalid yet: they keep their last known good snapshot,
+	// and an event that matches nothing in their namespace may match once
+	// they settle.
+	pending   map[string]map[string]struct{}
 	listeners []func()
-	deleted   []func(namespace, name string)
+	deleted   []func(namespace, name string, uid types.UID)
 	synced    []toolscache.ResourceEventHandlerRegistration
 	expiry    map[string]*time.Timer // endpoint key → rebuild when a key expires
 }
@@ -76,6 +83,7 @@ func New(c cache.Cache, log logr.Logger) *Catalog {
 		subs:      map[string]map[string]*Subscription{},
 		filters:   map[string]*filter.Filter{},
 		ready:     map[string][]*Subscription{},
+		pending:   map[string]map[string]struct{}{},
 		expiry:    map[string]*time.Timer{},
 	}
 }
@@ -93,8 +101,10 @@ func (c *Catalog) OnEndpointsChange(f func()) {
 }
 
 // OnEndpointDeleted registers f to run when a WebhookEndpoint is deleted
-// from the cluster (not merely un-Ready), after the catalog dropped it.
-func (c *Catalog) OnEndpointDeleted(f func(namespace, name string)) {
+// from the cluster (not merely un-Ready), after the catalog dropped it,
+// with the deleted object's UID: an endpoint recreated under the same name
+// is another object.
+func (c *Catalog) OnEndpointDeleted(f func(namespace, name string, uid types.UID)) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.deleted = append(c.deleted, f)
@@ -165,10 +175,10 @@ func (c *Catalog) Start(ctx context.Context) error {
 			// not listed yet.
 			if o, ok := objectOf(obj); ok {
 				c.mu.RLock()
-				fs := append([]func(string, string){}, c.deleted...)
+				fs := append([]func(string, string, types.UID){}, c.deleted...)
 				c.mu.RUnlock()
 				for _, f := range fs {
-					f(o.GetNamespace(), o.GetName())
+					f(o.GetNamespace(), o.GetName(), o.GetUID())
 				}
 			}
 		}},
@@ -245,11 +255,61 @@ func objectOf(obj any) (metav1.Object, bool) {
 	return o, err == nil
 }
 
-// readyForGeneration is the dispatcher's gate: only objects the manager
-// validated for their current spec are acted on.
-func readyForGeneration(conds []metav1.Condition, generation int64) bool {
-	c := meta.FindStatusCondition(conds, heraldv1.ReadyCondition)
-	return c != nil && c.Status == metav1.ConditionTrue && c.ObservedGeneration == generation
+// configState is what the manager said about an object's current
+// generation.
+type configState int
+
+const (
+	// statePending: not validated yet (Reconciling, Ready Unknown, an older
+	// observedGeneration) or not Ready for a reason that may pass (an
+	// endpoint not Ready yet, a missing Secret). The last known good
+	// configuration stays in use.
+	statePending configState = iota
+	// stateReady: Ready for the current generation; it replaces the last
+	// known good configuration.
+	stateReady
+	// stateStalled: definitively invalid for the current generation (the
+	// user must change the spec); the object is dropped.
+	stateStalled
+)
+
+// stateOf reads the manager's conditions for the current generation.
+func stateOf(conds []metav1.Condition, generation int64) configState {
+	if c := meta.FindStatusCondition(conds, heraldv1.StalledCondition); c != nil &&
+		c.Status == metav1.ConditionTrue && c.ObservedGeneration == generation {
+		return stateStalled
+	}
+	if c := meta.FindStatusCondition(conds, heraldv1.ReadyCondition); c != nil &&
+		c.Status == metav1.ConditionTrue && c.ObservedGeneration == generation {
+		return stateReady
+	}
+	return statePending
+}
+
+// InTransition reports whether any WebhookEndpoint or Subscription of the
+// namespace has a generation the manager has not settled (see
+// statePending). The router holds an event that matches nothing while its
+// namespace is in transition, instead of discarding it: the event may
+// match once the new generation is Ready.
+func (c *Catalog) InTransition(namespace string) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.pending[namespace]) > 0
+}
+
+// setPendingLocked records whether an object is pending; c.mu must be held.
+func (c *Catalog) setPendingLocked(namespace, object string, pending bool) {
+	if pending {
+		if c.pending[namespace] == nil {
+			c.pending[namespace] = map[string]struct{}{}
+		}
+		c.pending[namespace][object] = struct{}{}
+		return
+	}
+	delete(c.pending[namespace], object)
+	if len(c.pending[namespace]) == 0 {
+		delete(c.pending, namespace)
+	}
 }
 
 func (c *Catalog) rebuildEndpoint(ctx context.Context, namespace, name string) {
@@ -258,16 +318,35 @@ func (c *Catalog) rebuildEndpoint(ctx context.Context, namespace, name string) {
 	key := Key(namespace, name)
 	ep := &heraldv1.WebhookEndpoint{}
 	var next *Endpoint
+	pending := false
 	err := c.cache.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, ep)
-	switch {
-	case err != nil && client.IgnoreNotFound(err) != nil:
+	if err != nil && client.IgnoreNotFound(err) != nil {
 		c.log.Error(err, "Read WebhookEndpoint from cache", "endpoint", key)
 		return
-	case err == nil && readyForGeneration(ep.Status.Conditions, ep.Generation):
-		next = c.endpointFrom(ctx, ep)
+	}
+	if err == nil {
+		switch stateOf(ep.Status.Conditions, ep.Generation) {
+		case stateReady:
+			next = c.endpointFrom(ctx, ep)
+		case statePending:
+			pending = true
+			// The last known good configuration of this same object (not
+			// of a deleted one of the same name), with the managed
+			// Secret's current material: keys rotate and expire
+			// independently of the spec.
+			c.mu.RLock()
+			last := c.endpoints[key]
+			c.mu.RUnlock()
+			if last != nil && last.UID == ep.UID {
+				lastGood := ep.DeepCopy()
+				lastGood.Generation, lastGood.Spec = last.Generation, *last.Spec.DeepCopy()
+				next = c.endpointFrom(ctx, lastGood)
+			}
+		}
 	}
 
 	c.mu.Lock()
+	c.setPendingLocked(namespace, "WebhookEndpoint/"+name, pending)
 	if old := c.endpoints[key]; (old == nil && next == nil) || (old != nil && next != nil && reflect.DeepEqual(old, next)) {
 		// Nothing the stages use changed (the dispatcher's own status
 		// writes come back through the informer): no refresh, no
@@ -302,6 +381,7 @@ func (c *Catalog) endpointFrom(ctx context.Context, ep *heraldv1.WebhookEndpoint
 	out := &Endpoint{
 		Namespace:  ep.Namespace,
 		Name:       ep.Name,
+		UID:        ep.UID,
 		Generation: ep.Generation,
 		Spec:       *ep.Spec.DeepCopy(),
 		Gone:       ep.Status.Delivery != nil && ep.Status.Delivery.GoneGeneration == ep.Generation,
@@ -360,15 +440,29 @@ func (c *Catalog) rebuildSubscription(ctx context.Context, namespace, name strin
 	defer c.rebuildMu.Unlock()
 	sub := &heraldv1.Subscription{}
 	var next *Subscription
+	pending := false
 	err := c.cache.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, sub)
+	state := stateStalled // deleted: dropped like a definitively invalid one
+	if err == nil {
+		state = stateOf(sub.Status.Conditions, sub.Generation)
+	}
 	switch {
 	case err != nil && client.IgnoreNotFound(err) != nil:
 		c.log.Error(err, "Read Subscription from cache", "subscription", namespace+"/"+name)
 		return
-	case err == nil && !sub.Spec.Suspend && readyForGeneration(sub.Status.Conditions, sub.Generation):
+	case state == statePending:
+		// The last known good configuration of this same object stays.
+		pending = true
+		c.mu.RLock()
+		if last := c.subs[namespace][name]; last != nil && last.UID == sub.UID {
+			next = last
+		}
+		c.mu.RUnlock()
+	case state == stateReady && !sub.Spec.Suspend:
 		next = &Subscription{
 			Namespace:  namespace,
 			Name:       name,
+			UID:        sub.UID,
 			Generation: sub.Generation,
 			Endpoint:   sub.Spec.EndpointRef.Name,
 			Types:      append([]string(nil), sub.Spec.Types...),
@@ -388,6 +482,7 @@ func (c *Catalog) rebuildSubscription(ctx context.Context, namespace, name strin
 	}
 
 	c.mu.Lock()
+	c.setPendingLocked(namespace, "Subscription/"+name, pending)
 	if old := c.subs[namespace][name]; (old == nil && next == nil) || (old != nil && next != nil && reflect.DeepEqual(old, next)) {
 		c.mu.Unlock()
 		return

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/ptr"
@@ -82,13 +83,22 @@ func run(m *testing.M) int {
 // markReady writes the Ready condition the manager would write.
 func markReady(t *testing.T, obj client.Object, kind string, extra map[string]any) {
 	t.Helper()
-	status := map[string]any{
-		"observedGeneration": obj.GetGeneration(),
-		"conditions": []any{map[string]any{
-			"type": "Ready", "status": "True", "reason": "Reconciled", "message": "ok",
-			"observedGeneration": obj.GetGeneration(), "lastTransitionTime": time.Now().UTC().Format(time.RFC3339),
-		}},
+	markConditions(t, obj, kind, extra, map[string]any{
+		"type": "Ready", "status": "True", "reason": "Reconciled", "message": "ok",
+	})
+}
+
+// markConditions writes conditions for the object's current generation, as
+// the manager would.
+func markConditions(t *testing.T, obj client.Object, kind string, extra map[string]any, conds ...map[string]any) {
+	t.Helper()
+	var list []any
+	for _, c := range conds {
+		c["observedGeneration"] = obj.GetGeneration()
+		c["lastTransitionTime"] = time.Now().UTC().Format(time.RFC3339)
+		list = append(list, c)
 	}
+	status := map[string]any{"observedGeneration": obj.GetGeneration(), "conditions": list}
 	for k, v := range extra {
 		status[k] = v
 	}
@@ -183,31 +193,73 @@ func TestCatalogFollowsReadiness(t *testing.T) {
 		g.Expect(e.Keys).To(BeEmpty())
 	}, 10*time.Second, 50*time.Millisecond).Should(Succeed())
 
-	// A new generation is not acted on until the manager says Ready for it.
+	// A new generation is not acted on until the manager says Ready for
+	// it; meanwhile the last known good one stays in use (never neither),
+	// and the namespace is in transition.
+	g.Expect(cat.InTransition(ns)).To(BeFalse())
 	cur := &heraldv1.WebhookEndpoint{}
 	g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(ep), cur)).To(Succeed())
 	cur.Spec.URL = "https://example.com/v2"
 	g.Expect(k8sClient.Update(ctx, cur)).To(Succeed())
-	g.Eventually(func() bool { _, ok := cat.Endpoint(ns, "orders"); return ok }, 10*time.Second, 50*time.Millisecond).Should(BeFalse())
-	g.Expect(subsOf(ns)).To(BeEmpty(), "subscriptions of an endpoint that is not Ready match nothing")
-
-	// Suspended subscriptions match nothing.
+	g.Eventually(func() bool { return cat.InTransition(ns) }, 10*time.Second, 50*time.Millisecond).Should(BeTrue())
+	e, ok := cat.Endpoint(ns, "orders")
+	g.Expect(ok).To(BeTrue(), "an endpoint being reconciled keeps its last known good configuration")
+	g.Expect(e.Spec.URL).To(Equal("https://example.com/hooks"))
+	g.Expect(e.Generation).To(Equal(ep.Generation))
+	g.Expect(subsOf(ns)).To(HaveLen(1), "its subscriptions keep matching")
+	// Even Ready=False for a reason that may pass keeps it.
+	markConditions(t, cur, "WebhookEndpoint", nil, map[string]any{
+		"type": "Ready", "status": "False", "reason": heraldv1.SecretNotFoundReason, "message": "Secret x not found",
+	})
+	g.Consistently(func() string { e, _ := cat.Endpoint(ns, "orders"); return e.Spec.URL }, time.Second, 100*time.Millisecond).
+		Should(Equal("https://example.com/hooks"))
+	g.Expect(cat.InTransition(ns)).To(BeTrue())
+	// Ready for the new generation: it replaces the old one.
 	markReady(t, cur, "WebhookEndpoint", nil)
+	g.Eventually(func() string { e, _ := cat.Endpoint(ns, "orders"); return e.Spec.URL }, 10*time.Second, 50*time.Millisecond).
+		Should(Equal("https://example.com/v2"))
+	g.Expect(cat.InTransition(ns)).To(BeFalse())
+
+	// Suspended subscriptions match nothing once Ready for that.
 	g.Eventually(func() int { return len(subsOf(ns)) }, 10*time.Second, 50*time.Millisecond).Should(Equal(1))
 	s := &heraldv1.Subscription{}
 	g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(sub), s)).To(Succeed())
 	s.Spec.Suspend = true
 	g.Expect(k8sClient.Update(ctx, s)).To(Succeed())
+	g.Eventually(func() bool { return cat.InTransition(ns) }, 10*time.Second, 50*time.Millisecond).Should(BeTrue())
+	g.Expect(subsOf(ns)).To(HaveLen(1), "a suspension not yet reconciled keeps the subscription matching")
 	markReady(t, s, "Subscription", nil)
 	g.Eventually(func() int { return len(subsOf(ns)) }, 10*time.Second, 50*time.Millisecond).Should(BeZero())
+	g.Expect(cat.InTransition(ns)).To(BeFalse())
 
-	// Deleting the endpoint (not merely making it un-Ready) is announced,
-	// so its queued deliveries can be removed.
+	// A definitively invalid generation (Stalled) drops the endpoint.
+	g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(ep), cur)).To(Succeed())
+	cur.Spec.URL = "https://example.com/v3"
+	g.Expect(k8sClient.Update(ctx, cur)).To(Succeed())
+	markConditions(t, cur, "WebhookEndpoint", nil,
+		map[string]any{"type": "Ready", "status": "False", "reason": heraldv1.InvalidSpecReason, "message": "bad"},
+		map[string]any{"type": "Stalled", "status": "True", "reason": heraldv1.InvalidSpecReason, "message": "bad"})
+	g.Eventually(func() bool { _, ok := cat.Endpoint(ns, "orders"); return ok }, 10*time.Second, 50*time.Millisecond).Should(BeFalse())
+	g.Expect(cat.InTransition(ns)).To(BeFalse())
+
+	// Deleting the endpoint (not merely making it un-Ready) is announced
+	// with its UID, so its queued deliveries can be removed.
+	markReady(t, cur, "WebhookEndpoint", nil)
+	g.Eventually(func() bool { _, ok := cat.Endpoint(ns, "orders"); return ok }, 10*time.Second, 50*time.Millisecond).Should(BeTrue())
 	deleted := make(chan string, 4)
-	cat.OnEndpointDeleted(func(namespace, name string) { deleted <- namespace + "/" + name })
+	cat.OnEndpointDeleted(func(namespace, name string, uid types.UID) { deleted <- namespace + "/" + name + "/" + string(uid) })
 	g.Expect(k8sClient.Delete(ctx, cur)).To(Succeed())
-	g.Eventually(deleted, 10*time.Second).Should(Receive(Equal(ns + "/orders")))
-	_, ok := cat.Endpoint(ns, "orders")
+	g.Eventually(deleted, 10*time.Second).Should(Receive(Equal(ns + "/orders/" + string(cur.UID))))
+	_, ok = cat.Endpoint(ns, "orders")
+	g.Expect(ok).To(BeFalse())
+
+	// Recreated under the same name, it is a new object: the deleted one's
+	// configuration is not its last known good one.
+	again := &heraldv1.WebhookEndpoint{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "orders"},
+		Spec: heraldv1.WebhookEndpointSpec{URL: "https://example.com/again"}}
+	g.Expect(k8sClient.Create(ctx, again)).To(Succeed())
+	g.Eventually(func() bool { return cat.InTransition(ns) }, 10*time.Second, 50*time.Millisecond).Should(BeTrue())
+	_, ok = cat.Endpoint(ns, "orders")
 	g.Expect(ok).To(BeFalse())
 }
 

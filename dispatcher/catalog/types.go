@@ -1,11 +1,22 @@
-// Package catalog is the dispatcher's view of the cluster: the
-// WebhookEndpoints and Subscriptions whose Ready condition is True for
-// their current generation, and each endpoint's managed Secret. It is fed by
-// informers (Secrets label-selected) and read by the router and delivery
-// stages.
+// Package catalog is the dispatcher's view of the cluster: the last known
+// good configuration of every WebhookEndpoint and Subscription, and each
+// endpoint's managed Secret. It is fed by informers (Secrets
+// label-selected) and read by the router and delivery stages.
+//
+// The rule for an object whose spec changes: its configuration of the last
+// generation the manager declared Ready stays in use until a newer
+// generation is Ready (it then replaces it), the object is deleted, or its
+// current generation is definitively invalid (Stalled); an object never
+// Ready is not used. So an event routed while an edit is being reconciled
+// matches the old spec or the new one, never neither. While any object of a
+// namespace is in that window, the namespace is in transition
+// (InTransition) and the router holds events that match nothing instead of
+// discarding them.
 package catalog
 
 import (
+	"k8s.io/apimachinery/pkg/types"
+
 	"github.com/herald-dev/herald/api/filter"
 	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 )
@@ -13,8 +24,10 @@ import (
 // Endpoint is a Ready WebhookEndpoint with the material of its managed
 // Secret. Values are immutable snapshots: a change replaces the whole value.
 type Endpoint struct {
-	Namespace  string
-	Name       string
+	Namespace string
+	Name      string
+	// UID tells an endpoint from a deleted one of the same name.
+	UID        types.UID
 	Generation int64
 	// Spec is a deep copy of the endpoint's spec.
 	Spec heraldv1.WebhookEndpointSpec
@@ -47,6 +60,7 @@ func Key(namespace, name string) string { return namespace + "/" + name }
 type Subscription struct {
 	Namespace  string
 	Name       string
+	UID        types.UID
 	Generation int64
 	// Endpoint is the name of the WebhookEndpoint in Namespace.
 	Endpoint string

@@ -12,6 +12,10 @@ const (
 	ResultRouted = "routed"
 	// ResultUnmatched: no Subscription (with an existing endpoint) matched.
 	ResultUnmatched = "unmatched"
+	// ResultUnmatchedAfterHold: matched nothing, was held because its
+	// namespace was in transition, and was discarded when the hold ran out
+	// (Options.UnmatchedHold) with the namespace still in transition.
+	ResultUnmatchedAfterHold = "unmatched_after_hold"
 	// ResultInvalid: the stored event could not be decoded and was
 	// terminated. Ingest validates events, so this signals a bug.
 	ResultInvalid = "invalid"
@@ -22,13 +26,14 @@ type metrics struct {
 	filterErrors *prometheus.CounterVec
 	retries      prometheus.Counter
 	deliveries   prometheus.Counter
+	held         *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_router_events_total",
-			Help: "Events processed by fan-out, by result: routed (at least one delivery queued), unmatched, invalid (undecodable, terminated).",
+			Help: "Events processed by fan-out, by result: routed (at least one delivery queued), unmatched (discarded), unmatched_after_hold (discarded after being held while the namespace was in transition), invalid (undecodable, terminated).",
 		}, []string{"result"}),
 		filterErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_router_filter_errors_total",
@@ -38,18 +43,22 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "herald_router_retries_total",
 			Help: "Events whose fan-out failed to queue every delivery and will be retried.",
 		}),
+		held: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_router_events_held_total",
+			Help: "Times an event that matched nothing was held for another try because a WebhookEndpoint or Subscription of its namespace was being reconciled, by namespace.",
+		}, []string{"namespace"}),
 		deliveries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_router_deliveries_total",
 			Help: "Deliveries queued by fan-out (one per event per endpoint; retried fan-outs count again).",
 		}),
 	}
-	for _, r := range []string{ResultRouted, ResultUnmatched, ResultInvalid} {
+	for _, r := range []string{ResultRouted, ResultUnmatched, ResultUnmatchedAfterHold, ResultInvalid} {
 		m.events.WithLabelValues(r) // export zero values
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.events, m.filterErrors, m.retries, m.deliveries} {
+	for _, c := range []prometheus.Collector{m.events, m.filterErrors, m.retries, m.deliveries, m.held} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register router metrics (one Router per registry): %w", err)
 		}

@@ -56,6 +56,13 @@ const (
 	DefaultConcurrentAcks = 16
 	DefaultRetryDelay     = time.Second
 	DefaultMaxRetryDelay  = 30 * time.Second
+	// DefaultUnmatchedHold covers a manager restart after an edit, and a
+	// reconcile that waits for a Secret: long enough for the usual
+	// transition, short enough that a namespace with a broken object does
+	// not keep every unmatched event for long.
+	DefaultUnmatchedHold = 10 * time.Minute
+	// DefaultUnmatchedRetry is how often a held event is matched again.
+	DefaultUnmatchedRetry = 2 * time.Second
 )
 
 // Catalog is what the router needs from the dispatcher's catalog.
@@ -72,6 +79,12 @@ type Catalog interface {
 	// every endpoint the catalog has, suspended ones included (they queue
 	// until resumed); a Subscription whose endpoint is missing gets none.
 	Endpoint(namespace, name string) (*catalog.Endpoint, bool)
+
+	// InTransition reports whether an object of the namespace has a
+	// generation the manager has not settled yet: an event that matches
+	// nothing then may match once it has, and is held instead of
+	// discarded.
+	InTransition(namespace string) bool
 }
 
 // MatchReporter is told, after an event's deliveries are queued and the
@@ -118,6 +131,14 @@ type Options struct {
 	// the endpoint if it is idle). It must be cheap and safe for concurrent
 	// use.
 	Queued func(namespace, endpoint string)
+	// UnmatchedHold is how long after ingest an event that matches nothing
+	// is held while its namespace is in transition (Catalog.InTransition);
+	// after that, or once the namespace has settled, it is discarded and
+	// counted. Zero takes DefaultUnmatchedHold.
+	UnmatchedHold time.Duration
+	// UnmatchedRetry is how long a held event waits before it is matched
+	// again. Zero takes DefaultUnmatchedRetry.
+	UnmatchedRetry time.Duration
 	// Registerer registers the router's metrics; nil registers none.
 	Registerer prometheus.Registerer
 	// Now is the clock; defaults to time.Now.
@@ -142,6 +163,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxRetryDelay <= 0 {
 		o.MaxRetryDelay = DefaultMaxRetryDelay
+	}
+	if o.UnmatchedHold <= 0 {
+		o.UnmatchedHold = DefaultUnmatchedHold
+	}
+	if o.UnmatchedRetry <= 0 {
+		o.UnmatchedRetry = DefaultUnmatchedRetry
 	}
 	if o.Consumer.AckWait <= 0 {
 		o.Consumer.AckWait = queue.DefaultEventAckWait
@@ -285,6 +312,14 @@ func (r *Router) processGroup(ctx context.Context, namespace string, msgs []*que
 			if err := m.NakWithDelay(retryDelay); err != nil {
 				log.Error(err, "Returning event for redelivery failed; it comes back after AckWait")
 			}
+		case out.err == nil && len(out.result.Endpoints) == 0 && r.hold(m):
+			// Matched nothing while the namespace is in transition: it
+			// may match the new generation. Later events are not held
+			// back with it: they matched, or are held on their own.
+			r.metrics.held.WithLabelValues(namespace).Inc()
+			if err := m.NakWithDelay(r.opts.UnmatchedRetry); err != nil {
+				log.Error(err, "Returning held event failed; it comes back after AckWait")
+			}
 		case out.err != nil:
 			retrying = true
 			retryDelay = r.retryDelay(m.NumDelivered)
@@ -313,7 +348,11 @@ func (r *Router) acknowledge(ctx context.Context, log logr.Logger, m *queue.Mess
 		return
 	}
 	if len(res.Endpoints) == 0 {
-		r.metrics.events.WithLabelValues(ResultUnmatched).Inc()
+		result := ResultUnmatched
+		if m.NumDelivered > 1 && r.catalog.InTransition(m.Namespace) {
+			result = ResultUnmatchedAfterHold
+		}
+		r.metrics.events.WithLabelValues(result).Inc()
 		return
 	}
 	if r.opts.Reporter != nil {
@@ -324,6 +363,22 @@ func (r *Router) acknowledge(ctx context.Context, log logr.Logger, m *queue.Mess
 	}
 	r.metrics.events.WithLabelValues(ResultRouted).Inc()
 	log.V(2).Info("Event fanned out", "endpoints", res.Endpoints)
+}
+
+// hold reports whether an event that matched nothing is held: its
+// namespace is in transition and it was ingested less than UnmatchedHold
+// ago.
+func (r *Router) hold(m *queue.Message) bool {
+	if !r.catalog.InTransition(m.Namespace) {
+		return false
+	}
+	ingested := m.Timestamp
+	if v := m.Header.Get(queue.HeaderIngestedAt); v != "" {
+		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+			ingested = t
+		}
+	}
+	return r.opts.Now().Sub(ingested) < r.opts.UnmatchedHold
 }
 
 func (r *Router) retryDelay(numDelivered uint64) time.Duration {

@@ -44,14 +44,27 @@ func openQueue(t testing.TB) *queue.Queue {
 
 // fakeCatalog is an in-memory Catalog.
 type fakeCatalog struct {
-	mu        sync.Mutex
-	revision  uint64
-	subs      map[string][]*catalog.Subscription
-	endpoints map[string]*catalog.Endpoint
+	mu           sync.Mutex
+	revision     uint64
+	subs         map[string][]*catalog.Subscription
+	endpoints    map[string]*catalog.Endpoint
+	inTransition map[string]bool
 }
 
 func newFakeCatalog() *fakeCatalog {
-	return &fakeCatalog{subs: map[string][]*catalog.Subscription{}, endpoints: map[string]*catalog.Endpoint{}}
+	return &fakeCatalog{subs: map[string][]*catalog.Subscription{}, endpoints: map[string]*catalog.Endpoint{}, inTransition: map[string]bool{}}
+}
+
+func (c *fakeCatalog) setTransition(ns string, v bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.inTransition[ns] = v
+}
+
+func (c *fakeCatalog) InTransition(ns string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.inTransition[ns]
 }
 
 func (c *fakeCatalog) addEndpoint(ns, name string) {
@@ -244,7 +257,7 @@ func waitProcessed(t testing.TB, reg *prometheus.Registry, q *queue.Queue, n int
 	t.Helper()
 	total := func() float64 {
 		var sum float64
-		for _, r := range []string{ResultRouted, ResultUnmatched, ResultInvalid} {
+		for _, r := range []string{ResultRouted, ResultUnmatched, ResultUnmatchedAfterHold, ResultInvalid} {
 			sum += counterValue(t, reg, "herald_router_events_total", map[string]string{"result": r})
 		}
 		return sum
@@ -785,5 +798,53 @@ func TestFailedPublishReturnsLaterEvents(t *testing.T) {
 	}
 	if got := len(rep.get()); got != n*len(endpoints) {
 		t.Errorf("reported %d matches, want %d", got, n*len(endpoints))
+	}
+}
+
+// TestUnmatchedEventIsHeldWhileNamespaceInTransition: an event that matches
+// nothing while an object of its namespace is being reconciled is held, and
+// delivered once the new generation is Ready; one that matches nothing in a
+// settled namespace is discarded at once; one held longer than
+// UnmatchedHold is discarded and counted as such.
+func TestUnmatchedEventIsHeldWhileNamespaceInTransition(t *testing.T) {
+	q := openQueue(t)
+	cat := newFakeCatalog()
+	cat.setTransition("shop", true)
+	cat.setTransition("stuck", true)
+	ingested, _ := time.Parse(time.RFC3339Nano, testEvent{}.header().Get(queue.HeaderIngestedAt))
+	var clock atomic.Int64
+	clock.Store(ingested.Add(time.Second).UnixNano())
+	r, reg := newTestRouter(t, q, cat, nil, func(o *Options) {
+		o.UnmatchedRetry = 20 * time.Millisecond
+		o.UnmatchedHold = time.Minute
+		o.Now = func() time.Time { return time.Unix(0, clock.Load()) }
+	})
+	runRouter(t, r)
+	held := func(ns string) float64 {
+		return counterValue(t, reg, "herald_router_events_held_total", map[string]string{"namespace": ns})
+	}
+
+	publishEvent(t, q, testEvent{ns: "shop", id: "edit-time", source: "/shop", typ: "order.created"})
+	publishEvent(t, q, testEvent{ns: "stuck", id: "never", source: "/stuck", typ: "order.created"})
+	publishEvent(t, q, testEvent{ns: "quiet", id: "nobody", source: "/quiet", typ: "order.created"})
+	eventually(t, 10*time.Second, "both events held more than once", func() bool { return held("shop") >= 2 && held("stuck") >= 2 })
+	eventually(t, 10*time.Second, "the settled namespace's event discarded", func() bool {
+		return counterValue(t, reg, "herald_router_events_total", map[string]string{"result": ResultUnmatched}) == 1
+	})
+	if got := held("quiet"); got != 0 {
+		t.Errorf("an event of a settled namespace was held %v times", got)
+	}
+
+	// The new generation is Ready: the held event matches it.
+	cat.addEndpoint("shop", "billing")
+	cat.addSubscription(&catalog.Subscription{Namespace: "shop", Name: "orders", Endpoint: "billing", Types: []string{"order.*"}})
+	cat.setTransition("shop", false)
+	eventually(t, 10*time.Second, "the held event routed", func() bool { return pending(t, q, "shop", "billing") == 1 })
+
+	// The other namespace never settles: past the hold, discarded.
+	clock.Store(ingested.Add(2 * time.Minute).UnixNano())
+	waitProcessed(t, reg, q, 3)
+	if got := counterValue(t, reg, "herald_router_events_total", map[string]string{"result": ResultUnmatchedAfterHold}); got != 1 {
+		t.Errorf("events discarded after the hold = %v, want 1", got)
 	}
 }
