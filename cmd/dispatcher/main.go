@@ -17,16 +17,19 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-logr/logr"
 	"go.uber.org/zap/zapcore"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -58,6 +61,7 @@ type options struct {
 	maxBodyBytes   int64
 	drainTimeout   time.Duration
 	statusInterval time.Duration
+	unmatchedHold  time.Duration
 	podName        string
 	logLevel       string
 	gcPercent      int
@@ -80,6 +84,7 @@ func main() {
 	flag.Int64Var(&o.maxBodyBytes, "max-body-bytes", ingest.DefaultMaxBodyBytes, "Largest accepted ingest request body.")
 	flag.DurationVar(&o.drainTimeout, "drain-timeout", 45*time.Second, "How long shutdown waits for in-flight deliveries.")
 	flag.DurationVar(&o.statusInterval, "status-interval", 5*time.Second, "How often delivery health is written to status (at most once per object per interval).")
+	flag.DurationVar(&o.unmatchedHold, "unmatched-hold", router.DefaultUnmatchedHold, "How long an event that matches no Subscription is held, instead of discarded, while a WebhookEndpoint or Subscription of its namespace is being reconciled (an edit in flight, the manager restarting).")
 	flag.StringVar(&o.podName, "pod-name", os.Getenv("POD_NAME"), "Name of this replica (defaults to $POD_NAME, else the host name).")
 	flag.StringVar(&o.logLevel, "log-level", "info", "Log level: debug, info, warn or error.")
 	flag.IntVar(&o.gcPercent, "gc-percent", defaultGCPercent, "Go garbage collector target (as GOGC, which overrides it): heap growth in percent between collections. Higher spends less CPU on collection and more memory.")
@@ -241,9 +246,10 @@ func run(ctx context.Context, o options) error {
 	}
 
 	rt, err := router.New(q, cat, log.WithName("router"), router.Options{
-		Reporter:   reporter,
-		Queued:     deliveries.Wake,
-		Registerer: metrics.Registry,
+		Reporter:      reporter,
+		Queued:        deliveries.Wake,
+		UnmatchedHold: o.unmatchedHold,
+		Registerer:    metrics.Registry,
 	})
 	if err != nil {
 		return fmt.Errorf("router: %w", err)
@@ -272,41 +278,24 @@ func run(ctx context.Context, o options) error {
 	// A deleted endpoint's consumer and queued deliveries go with it;
 	// otherwise they would stay forever and count against the stream's
 	// consumer limit. (Every replica does this; it is idempotent.)
-	cat.OnEndpointDeleted(func(namespace, name string) {
-		go func() {
-			rmCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			defer cancel()
-			if err := q.RemoveEndpoint(rmCtx, namespace, name); err != nil {
-				log.Error(err, "Remove deleted endpoint's deliveries", "namespace", namespace, "name", name)
-			}
-		}()
+	cat.OnEndpointDeleted(func(namespace, name string, uid types.UID) {
+		removeDeletedEndpoint(ctx, log, q, mgr.GetCache(), namespace, name, uid)
 	})
-	// Nothing is routed or delivered before the catalog has seen every
-	// object: an event routed earlier could miss its Subscriptions.
-	afterSync := func(run func(context.Context) error) manager.RunnableFunc {
-		return func(ctx context.Context) error {
-			if err := cat.WaitForSync(ctx); err != nil {
-				return err
-			}
-			return run(ctx)
-		}
+	p := &pipeline{
+		log:          log,
+		drainTimeout: o.drainTimeout,
+		catalog:      cat,
+		ingest:       func(ctx context.Context) error { return serveIngest(ctx, o.ingestAddr, handler) },
+		removeOrphans: func(ctx context.Context) error {
+			return removeOrphans(ctx, log.WithName("queue"), q, mgr.GetAPIReader())
+		},
+		startDelivery: syncDeliveries,
+		stopDelivery:  deliveries.Stop,
+		router:        rt.Run,
+		reporter:      reporter.Run,
 	}
-	runnables := []manager.Runnable{
-		afterSync(func(ctx context.Context) error {
-			syncDeliveries()
-			<-ctx.Done()
-			stopCtx, cancel := context.WithTimeout(context.Background(), o.drainTimeout)
-			defer cancel()
-			return deliveries.Stop(stopCtx)
-		}),
-		afterSync(rt.Run),
-		afterSync(reporter.Run),
-		manager.RunnableFunc(func(ctx context.Context) error { return serveIngest(ctx, o.ingestAddr, handler) }),
-	}
-	for _, r := range runnables {
-		if err := mgr.Add(r); err != nil {
-			return err
-		}
+	if err := mgr.Add(p); err != nil {
+		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err
@@ -358,4 +347,164 @@ func serveIngest(ctx context.Context, addr string, h http.Handler) error {
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	return srv.Shutdown(shutdownCtx)
+}
+
+// removeDeletedEndpoint removes what the queue holds for a deleted
+// endpoint. It reads the queue's position at once, in the informer's
+// handler: an endpoint recreated under the same name can only be routed to
+// after the informer delivered its creation, so everything queued for it is
+// stored after that position and survives. The removal itself runs in the
+// background.
+func removeDeletedEndpoint(ctx context.Context, log logr.Logger, q *queue.Queue, reader client.Reader, namespace, name string, uid types.UID) {
+	log = log.WithValues("namespace", namespace, "name", name, "uid", uid)
+	markCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	mark, err := q.Mark(markCtx)
+	cancel()
+	if err != nil {
+		log.Error(err, "Deleted endpoint's deliveries stay queued until the next start")
+		return
+	}
+	go func() {
+		rmCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		// A recreated endpoint keeps the consumer, whose retry timers are
+		// its own deliveries' now.
+		recreated := reader.Get(rmCtx, client.ObjectKey{Namespace: namespace, Name: name}, &heraldv1.WebhookEndpoint{}) == nil
+		if err := q.RemoveEndpoint(rmCtx, namespace, name, mark, recreated); err != nil {
+			log.Error(err, "Remove deleted endpoint's deliveries")
+		}
+	}()
+}
+
+// removeOrphans removes what the queue holds for endpoints that no longer
+// exist: deleted while no dispatcher ran, so no replica saw the deletion.
+// It runs once the catalog has synced, before delivery starts.
+func removeOrphans(ctx context.Context, log logr.Logger, q *queue.Queue, reader client.Reader) error {
+	stored, err := q.StoredEndpoints(ctx)
+	if err != nil {
+		return err
+	}
+	for key := range stored {
+		err := reader.Get(ctx, client.ObjectKey{Namespace: key.Namespace, Name: key.Name}, &heraldv1.WebhookEndpoint{})
+		if !apierrors.IsNotFound(err) {
+			continue // exists, or unknown: keep
+		}
+		log.Info("Removing the queue of an endpoint deleted while no dispatcher ran", "namespace", key.Namespace, "name", key.Name)
+		if err := q.RemoveEndpoint(ctx, key.Namespace, key.Name, queue.Mark{}, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pipeline runs the dispatcher's stages as one runnable, so that they start
+// and stop in the order the data flows, which controller-runtime does not
+// guarantee for separate runnables (it stops them concurrently):
+//
+//   - start: ingest (it only needs the queue: events are stored and wait),
+//     then, once the catalog has seen every object, the removal of orphaned
+//     queues, the health reporter, delivery, and fan-out last, so that no
+//     event is routed before every Subscription and endpoint is known;
+//   - stop: ingest stops accepting (requests in progress finish), fan-out
+//     finishes its batch, delivery drains within the drain timeout, and the
+//     health reporter flushes last, so outcomes seen during the drain (a
+//     410 included) reach status.
+type pipeline struct {
+	log           logr.Logger
+	drainTimeout  time.Duration
+	catalog       *catalog.Catalog
+	ingest        func(context.Context) error
+	removeOrphans func(context.Context) error
+	startDelivery func()
+	stopDelivery  func(context.Context) error
+	router        func(context.Context) error
+	reporter      func(context.Context) error
+}
+
+// stage is a running stage: cancel asks it to stop; done is closed when it
+// returned, with err.
+type stage struct {
+	name   string
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error
+}
+
+// start runs a stage; a stage that returns before it is stopped is
+// reported on failed.
+func (p *pipeline) start(name string, run func(context.Context) error, failed chan<- error) *stage {
+	ctx, cancel := context.WithCancel(context.Background())
+	st := &stage{name: name, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		st.err = run(ctx)
+		close(st.done)
+		if ctx.Err() == nil {
+			select {
+			case failed <- fmt.Errorf("%s stopped: %w", st.name, errOrUnexpected(st.err)):
+			default:
+			}
+		}
+	}()
+	return st
+}
+
+// stop stops the stage and waits for it.
+func (st *stage) stop() error {
+	st.cancel()
+	<-st.done
+	if st.err != nil && !errors.Is(st.err, context.Canceled) {
+		return fmt.Errorf("%s: %w", st.name, st.err)
+	}
+	return nil
+}
+
+// Start runs the stages until ctx ends or a stage fails, then stops them
+// in order.
+func (p *pipeline) Start(ctx context.Context) error {
+	failed := make(chan error, 4)
+	ingest := p.start("ingest", p.ingest, failed)
+
+	var runErr error
+	if err := p.catalog.WaitForSync(ctx); err != nil {
+		runErr = err
+	} else if err := p.removeOrphans(ctx); err != nil && ctx.Err() == nil {
+		// Not fatal: orphans only cost space; the next start tries again.
+		p.log.Error(err, "Removing the queues of deleted endpoints failed")
+	}
+	var reporter, router *stage
+	if runErr == nil && ctx.Err() == nil {
+		reporter = p.start("health reporter", p.reporter, failed)
+		p.startDelivery()
+		router = p.start("router", p.router, failed)
+		select {
+		case <-ctx.Done():
+		case runErr = <-failed:
+		}
+	}
+
+	// Stop in the order the data flows.
+	p.log.Info("Stopping: ingest, then fan-out, then delivery, then health reporting")
+	errs := []error{runErr}
+	errs = append(errs, ingest.stop())
+	if router != nil {
+		errs = append(errs, router.stop())
+	}
+	if reporter != nil {
+		drainCtx, cancel := context.WithTimeout(context.Background(), p.drainTimeout)
+		errs = append(errs, p.stopDelivery(drainCtx))
+		cancel()
+		errs = append(errs, reporter.stop())
+	}
+	return errors.Join(errs...)
+}
+
+// errStoppedEarly is the failure of a stage that returned without error
+// before it was asked to stop.
+var errStoppedEarly = errors.New("stage ended before shutdown")
+
+func errOrUnexpected(err error) error {
+	if err == nil {
+		return errStoppedEarly
+	}
+	return err
 }

@@ -101,23 +101,95 @@ func (q *Queue) ReplayDeadLetters(ctx context.Context, namespace, endpoint strin
 	return replayed, nil
 }
 
-// RemoveEndpoint deletes everything the queue holds for an endpoint that no
-// longer exists: its consumer, its queued deliveries and its dead letters.
-// Removing an endpoint that has nothing queued is not an error.
-func (q *Queue) RemoveEndpoint(ctx context.Context, namespace, endpoint string) error {
+// Mark is a position in the delivery and dead-letter streams: what was
+// stored before it was taken.
+type Mark struct{ deliveries, deadLetters uint64 }
+
+// Mark returns the current end of the delivery and dead-letter streams.
+// Take it when an endpoint's deletion is seen, before anything can be
+// queued for an endpoint recreated under the same name.
+func (q *Queue) Mark(ctx context.Context) (Mark, error) {
+	var last [2]uint64
+	for i, stream := range []jetstream.Stream{q.deliveries, q.deadLetter} {
+		info, err := stream.Info(ctx)
+		if err != nil {
+			return Mark{}, fmt.Errorf("read stream positions: %w", err)
+		}
+		last[i] = info.State.LastSeq
+	}
+	return Mark{deliveries: last[0], deadLetters: last[1]}, nil
+}
+
+// RemoveEndpoint deletes what the queue holds for an endpoint that was
+// deleted: its queued deliveries and dead letters stored before mark and,
+// unless keepConsumer, its consumer. Deliveries stored after mark belong to
+// an endpoint recreated under the same name and are kept; so is the
+// consumer when the caller knows such an endpoint exists (keepConsumer),
+// because the retry timers of its deliveries live in it. A zero Mark
+// removes everything stored. Removing an endpoint that has nothing queued
+// is not an error.
+func (q *Queue) RemoveEndpoint(ctx context.Context, namespace, endpoint string, mark Mark, keepConsumer bool) error {
 	if err := validateEndpoint(namespace, endpoint); err != nil {
 		return err
 	}
-	if err := q.ReleaseDeliveryConsumer(ctx, namespace, endpoint); err != nil {
-		return fmt.Errorf("remove endpoint %s/%s: %w", namespace, endpoint, err)
+	if !keepConsumer {
+		if err := q.ReleaseDeliveryConsumer(ctx, namespace, endpoint); err != nil {
+			return fmt.Errorf("remove endpoint %s/%s: %w", namespace, endpoint, err)
+		}
 	}
-	if err := q.deliveries.Purge(ctx, jetstream.WithPurgeSubject(DeliverySubject(namespace, endpoint))); err != nil {
+	purge := func(stream jetstream.Stream, subject string, last uint64) error {
+		opts := []jetstream.StreamPurgeOpt{jetstream.WithPurgeSubject(subject)}
+		if last > 0 {
+			opts = append(opts, jetstream.WithPurgeSequence(last+1))
+		}
+		return stream.Purge(ctx, opts...)
+	}
+	if mark == (Mark{}) {
+		var err error
+		if mark, err = q.Mark(ctx); err != nil {
+			return fmt.Errorf("remove endpoint %s/%s: %w", namespace, endpoint, err)
+		}
+	}
+	if err := purge(q.deliveries, DeliverySubject(namespace, endpoint), mark.deliveries); err != nil {
 		return fmt.Errorf("remove endpoint %s/%s: purge deliveries: %w", namespace, endpoint, err)
 	}
-	if err := q.deadLetter.Purge(ctx, jetstream.WithPurgeSubject(DeadLetterSubject(namespace, endpoint))); err != nil {
+	if err := purge(q.deadLetter, DeadLetterSubject(namespace, endpoint), mark.deadLetters); err != nil {
 		return fmt.Errorf("remove endpoint %s/%s: purge dead letters: %w", namespace, endpoint, err)
 	}
 	return nil
+}
+
+// StoredEndpoints returns every endpoint the queue holds anything for:
+// queued deliveries, dead letters or a delivery consumer. The dispatcher
+// removes those of endpoints that no longer exist at start, for endpoints
+// deleted while no dispatcher ran.
+func (q *Queue) StoredEndpoints(ctx context.Context) (map[EndpointKey]struct{}, error) {
+	out := map[EndpointKey]struct{}{}
+	for _, s := range []struct {
+		stream jetstream.Stream
+		prefix string
+	}{{q.deliveries, deliveriesPrefix}, {q.deadLetter, deadLetterPrefix}} {
+		info, err := s.stream.Info(ctx, jetstream.WithSubjectFilter(s.prefix+".*.*"))
+		if err != nil {
+			return nil, fmt.Errorf("list endpoints with stored messages: %w", err)
+		}
+		for subject := range info.State.Subjects {
+			if namespace, endpoint, err := parseSubject(subject); err == nil && endpoint != "" {
+				out[EndpointKey{namespace, endpoint}] = struct{}{}
+			}
+		}
+	}
+	consumers := q.deliveries.ListConsumers(ctx)
+	for info := range consumers.Info() {
+		namespace, endpoint := info.Config.Metadata["herald.dev/namespace"], info.Config.Metadata["herald.dev/endpoint"]
+		if namespace != "" && endpoint != "" {
+			out[EndpointKey{namespace, endpoint}] = struct{}{}
+		}
+	}
+	if err := consumers.Err(); err != nil {
+		return nil, fmt.Errorf("list delivery consumers: %w", err)
+	}
+	return out, nil
 }
 
 // ReleaseDeliveryConsumer deletes an endpoint's delivery consumer while the

@@ -460,14 +460,40 @@ func TestRemoveEndpointDropsItsQueue(t *testing.T) {
 	if err := q.DeadLetter(ctx, fetchN(t, ctx, c, 1, 10*time.Second)[0], "MaxAttempts"); err != nil {
 		t.Fatalf("DeadLetter: %v", err)
 	}
-	if err := q.RemoveEndpoint(ctx, "ns", "gone"); err != nil {
+	mark, err := q.Mark(ctx)
+	if err != nil {
+		t.Fatalf("Mark: %v", err)
+	}
+	// Recreated under the same name after the deletion was seen: its
+	// delivery is stored after the mark and must survive the removal.
+	mustPublishDelivery(t, ctx, q, "ns", "gone", "recreated")
+	if err := q.RemoveEndpoint(ctx, "ns", "gone", mark, true); err != nil {
 		t.Fatalf("RemoveEndpoint: %v", err)
 	}
-	mustPending(t, ctx, q, "ns", "gone", 0)
 	mustDeadLetterCount(t, ctx, q, "ns", "gone", 0)
 	mustPending(t, ctx, q, "ns", "kept", 1)
-	if err := q.RemoveEndpoint(ctx, "ns", "gone"); err != nil {
+	got := fetchN(t, ctx, c, 1, 10*time.Second)
+	if string(got[0].Data) != "recreated" {
+		t.Fatalf("after removal the consumer got %q, want only the recreated endpoint's delivery", got[0].Data)
+	}
+	ackAll(t, ctx, got)
+	mustPending(t, ctx, q, "ns", "gone", 0)
+
+	// Without a mark everything goes, consumer included.
+	mustPublishDelivery(t, ctx, q, "ns", "gone", "late")
+	if err := q.RemoveEndpoint(ctx, "ns", "gone", Mark{}, false); err != nil {
 		t.Fatalf("second RemoveEndpoint: %v", err)
+	}
+	mustPending(t, ctx, q, "ns", "gone", 0)
+	stored, err := q.StoredEndpoints(ctx)
+	if err != nil {
+		t.Fatalf("StoredEndpoints: %v", err)
+	}
+	if _, ok := stored[EndpointKey{"ns", "gone"}]; ok {
+		t.Errorf("StoredEndpoints still lists the removed endpoint: %v", stored)
+	}
+	if _, ok := stored[EndpointKey{"ns", "kept"}]; !ok {
+		t.Errorf("StoredEndpoints misses an endpoint with a queued delivery: %v", stored)
 	}
 }
 
