@@ -8,6 +8,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/util/diff"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -60,16 +62,18 @@ func TestDispatcherObjectsCreatedAndDriftRepaired(t *testing.T) {
 		g.Expect(cur.UID).NotTo(Equal(oldUID))
 	}, waitTimeout, pollEvery).Should(Succeed())
 
-	// A rule added to the ClusterRole by hand is removed again.
+	// A rule added to the ClusterRole by hand is removed again: the rules
+	// are exactly the ones DispatcherClusterRole builds, not merely as many.
+	wantRules := DispatcherClusterRole(testDispCfg).Rules
 	role := &rbacv1.ClusterRole{}
 	g.Expect(k8sClient.Get(ctx, client.ObjectKey{Name: heraldv1.DispatcherName}, role)).To(Succeed())
-	wantRules := len(role.Rules)
 	patch = client.MergeFrom(role.DeepCopy())
 	role.Rules = append(role.Rules, rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"delete"}})
 	g.Expect(k8sClient.Patch(ctx, role, patch)).To(Succeed())
 	g.Eventually(func(g Gomega) {
 		cur := &rbacv1.ClusterRole{}
 		g.Expect(k8sClient.Get(ctx, client.ObjectKey{Name: heraldv1.DispatcherName}, cur)).To(Succeed())
-		g.Expect(cur.Rules).To(HaveLen(wantRules))
+		g.Expect(equality.Semantic.DeepEqual(cur.Rules, wantRules)).To(BeTrue(),
+			"rules differ from DispatcherClusterRole (-want +got):\n%s", diff.Diff(wantRules, cur.Rules))
 	}, waitTimeout, pollEvery).Should(Succeed())
 }

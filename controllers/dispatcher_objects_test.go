@@ -31,10 +31,12 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/diff"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	psaapi "k8s.io/pod-security-admission/api"
 	psapolicy "k8s.io/pod-security-admission/policy"
@@ -773,8 +775,8 @@ func TestDispatcherEnvtestLabelRemovalRepaired(t *testing.T) {
 		if role.Labels[heraldv1alpha1.NameLabel] != heraldv1alpha1.DispatcherName {
 			return fmt.Errorf("labels %v", role.Labels)
 		}
-		if len(role.Rules) != len(want.Rules) {
-			return fmt.Errorf("%d rules, want %d", len(role.Rules), len(want.Rules))
+		if !equality.Semantic.DeepEqual(role.Rules, want.Rules) {
+			return fmt.Errorf("rules differ from DispatcherClusterRole (-want +got):\n%s", diff.Diff(want.Rules, role.Rules))
 		}
 		return nil
 	})
