@@ -52,10 +52,6 @@ const (
 	DefaultDuplicateWindow = 2 * time.Minute
 	// DefaultSyncInterval is the embedded server's background fsync interval.
 	DefaultSyncInterval = 10 * time.Second
-	// DefaultEventsMaxAge is how long an event may wait for fan-out.
-	DefaultEventsMaxAge = 7 * 24 * time.Hour
-	// DefaultDeliveriesMaxAge is how long a delivery may wait in the queue.
-	DefaultDeliveriesMaxAge = 7 * 24 * time.Hour
 	// DefaultDeadLetterMaxAge is how long dead letters are kept for replay.
 	DefaultDeadLetterMaxAge = 14 * 24 * time.Hour
 	// DefaultPublishTimeout bounds one publish attempt.
@@ -112,13 +108,18 @@ type Config struct {
 	// de-duplication ids; defaults to 2m.
 	DuplicateWindow time.Duration
 
-	// EventsMaxAge bounds how long an event waits for fan-out; defaults to 7
-	// days.
+	// EventsMaxAge bounds how long an event waits for fan-out. Zero, the
+	// default, means no bound: JetStream would drop older events silently,
+	// and an acknowledged event must end delivered, dead-lettered or
+	// discarded by a counted rule. The store's size bounds the backlog
+	// instead (ingest answers 503 when it is full).
 	EventsMaxAge time.Duration
 
-	// DeliveriesMaxAge bounds how long a delivery may wait in the queue; it
-	// must exceed the longest retry horizon of any endpoint (about 72h by
-	// default) plus any time an endpoint stays suspended. Defaults to 7 days.
+	// DeliveriesMaxAge bounds how long a delivery may wait in the queue.
+	// Zero, the default, means no bound, for the same reason: the delivery
+	// stage dead-letters a delivery older than its endpoint's retry.maxAge
+	// (reason MaxAge), including one that waited for a suspended endpoint
+	// to resume.
 	DeliveriesMaxAge time.Duration
 
 	// DeadLetterMaxAge is how long dead-lettered deliveries are kept for
@@ -170,8 +171,6 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	setDefault(&c.SyncInterval, DefaultSyncInterval)
 	setDefault(&c.DuplicateWindow, DefaultDuplicateWindow)
-	setDefault(&c.EventsMaxAge, DefaultEventsMaxAge)
-	setDefault(&c.DeliveriesMaxAge, DefaultDeliveriesMaxAge)
 	setDefault(&c.DeadLetterMaxAge, DefaultDeadLetterMaxAge)
 	setDefault(&c.PublishTimeout, DefaultPublishTimeout)
 	setDefault(&c.DrainTimeout, DefaultDrainTimeout)
@@ -190,7 +189,7 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	// JetStream rejects a duplicate window longer than the stream's max age.
 	for name, age := range map[string]time.Duration{"EventsMaxAge": c.EventsMaxAge, "DeliveriesMaxAge": c.DeliveriesMaxAge} {
-		if age < c.DuplicateWindow {
+		if age != 0 && age < c.DuplicateWindow {
 			return c, fmt.Errorf("queue config: %s (%s) must not be shorter than DuplicateWindow (%s)", name, age, c.DuplicateWindow)
 		}
 	}

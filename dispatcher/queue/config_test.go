@@ -16,7 +16,7 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatalf("embedded defaults: %v", err)
 	}
 	if embedded.Replicas != 1 || embedded.Sync != SyncPeriodic || embedded.SyncInterval != DefaultSyncInterval ||
-		embedded.DuplicateWindow != 2*time.Minute || embedded.DeliveriesMaxAge != DefaultDeliveriesMaxAge {
+		embedded.DuplicateWindow != 2*time.Minute || embedded.DeliveriesMaxAge != 0 || embedded.EventsMaxAge != 0 {
 		t.Errorf("embedded defaults = %+v", embedded)
 	}
 	external, err := Config{NATSURL: "nats://127.0.0.1:4222,nats://127.0.0.1:4223"}.withDefaults()

@@ -61,6 +61,12 @@ func TestOpenTwiceOnSameStoreKeepsStreams(t *testing.T) {
 		if info.State.Msgs != w.msgs {
 			t.Errorf("stream %s holds %d messages after reopen, want %d", name, info.State.Msgs, w.msgs)
 		}
+		// Work queues never expire what they hold: JetStream would drop an
+		// acknowledged event or a delivery with no trace. The delivery stage
+		// dead-letters by the endpoint's retry.maxAge instead.
+		if w.retention == jetstream.WorkQueuePolicy && info.Config.MaxAge != 0 {
+			t.Errorf("stream %s MaxAge = %s, want none (no silent expiry)", name, info.Config.MaxAge)
+		}
 	}
 }
 
