@@ -26,8 +26,10 @@ type Herald struct {
 	// IngestURL is the dispatcher's ingest base URL.
 	IngestURL string
 
-	dispatcherArgs []string
-	healthURL      string
+	dispatcherArgs   []string
+	healthURL        string
+	managerArgs      []string
+	managerHealthURL string
 }
 
 // Options tune a local Herald.
@@ -73,13 +75,10 @@ func Start(ctx context.Context, o Options) (*Herald, error) {
 	if err != nil {
 		return nil, err
 	}
-	h.Manager, err = env.StartProcess("manager", h.Bins.Manager,
-		"--manage-dispatcher=false", "--metrics-bind-address=0",
-		"--health-probe-bind-address=127.0.0.1:"+strconv.Itoa(managerHealth))
-	if err != nil {
-		return nil, err
-	}
-	if err := waitReady(ctx, fmt.Sprintf("http://127.0.0.1:%d/readyz", managerHealth), h.Manager); err != nil {
+	h.managerArgs = []string{"--manage-dispatcher=false", "--metrics-bind-address=0",
+		"--health-probe-bind-address=127.0.0.1:" + strconv.Itoa(managerHealth)}
+	h.managerHealthURL = fmt.Sprintf("http://127.0.0.1:%d/readyz", managerHealth)
+	if err := h.StartManager(ctx); err != nil {
 		return nil, err
 	}
 
@@ -109,6 +108,16 @@ func Start(ctx context.Context, o Options) (*Herald, error) {
 	}
 	ok = true
 	return h, nil
+}
+
+// StartManager (re)starts the manager process and waits until it is ready.
+func (h *Herald) StartManager(ctx context.Context) error {
+	p, err := h.StartProcess("manager", h.Bins.Manager, h.managerArgs...)
+	if err != nil {
+		return err
+	}
+	h.Manager = p
+	return waitReady(ctx, h.managerHealthURL, p)
 }
 
 // StartDispatcher (re)starts the dispatcher process on the same store and
