@@ -69,6 +69,12 @@ STRESS_RUNS ?= 5
 test-stress: envtest ## Run all tests STRESS_RUNS times (default 5); report how often each failed (JSON in bin/test-stress/).
 	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) STRESS_RUNS=$(STRESS_RUNS) GO_TEST_FLAGS="$(GO_TEST_FLAGS)" hack/test-stress.sh
 
+SOAK_DURATION ?= 10m
+
+.PHONY: soak
+soak: envtest ## Chaos soak for SOAK_DURATION (10m): random kills, restarts, edits, rotations while publishing; prints the ledger.
+	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) HERALD_SOAK=$(SOAK_DURATION) go test -count=1 -timeout=90m -v -run '^TestChaosSoak$$' ./test/e2e/
+
 ##@ Build
 
 .PHONY: build
