@@ -61,10 +61,9 @@ type Catalog struct {
 	ready    map[string][]*Subscription
 	revision uint64
 	// pending holds, per namespace, the objects ("WebhookEndpoint/name",
-	// "Subscription/name") whose current generation is neither usable nor
-	// definitively invalid yet: they keep their last known good snapshot,
-	// and an event that matches nothing in their namespace may match once
-	// they settle.
+	// "Subscription/name") whose current generation the manager has not
+	// reconciled yet: an event that matches nothing in their namespace may
+	// match once it has.
 	pending   map[string]map[string]struct{}
 	listeners []func()
 	deleted   []func(namespace, name string, uid types.UID)
@@ -274,23 +273,33 @@ const (
 )
 
 // stateOf reads the manager's conditions for the current generation.
-func stateOf(conds []metav1.Condition, generation int64) configState {
+// unreconciled is true while the manager has given no verdict on it yet
+// (no Ready condition for this generation, or Ready Unknown): the object
+// is in transition. Ready=False for this generation is a verdict: the last
+// known good configuration stays, but nothing is about to change.
+func stateOf(conds []metav1.Condition, generation int64) (state configState, unreconciled bool) {
 	if c := meta.FindStatusCondition(conds, heraldv1.StalledCondition); c != nil &&
 		c.Status == metav1.ConditionTrue && c.ObservedGeneration == generation {
-		return stateStalled
+		return stateStalled, false
 	}
-	if c := meta.FindStatusCondition(conds, heraldv1.ReadyCondition); c != nil &&
-		c.Status == metav1.ConditionTrue && c.ObservedGeneration == generation {
-		return stateReady
+	c := meta.FindStatusCondition(conds, heraldv1.ReadyCondition)
+	switch {
+	case c == nil || c.ObservedGeneration != generation || c.Status == metav1.ConditionUnknown:
+		return statePending, true
+	case c.Status == metav1.ConditionTrue:
+		return stateReady, false
 	}
-	return statePending
+	return statePending, false
 }
 
 // InTransition reports whether any WebhookEndpoint or Subscription of the
-// namespace has a generation the manager has not settled (see
-// statePending). The router holds an event that matches nothing while its
-// namespace is in transition, instead of discarding it: the event may
-// match once the new generation is Ready.
+// namespace has a generation the manager has not reconciled yet (an edit
+// in flight, a new object, the manager down). The router holds an event
+// that matches nothing while its namespace is in transition, instead of
+// discarding it: the event may match once the new generation is Ready. An
+// object the manager declared not Ready (a Subscription whose endpoint does
+// not exist, a missing Secret) does not count: holding events for it could
+// last for ever.
 func (c *Catalog) InTransition(namespace string) bool {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -325,11 +334,12 @@ func (c *Catalog) rebuildEndpoint(ctx context.Context, namespace, name string) {
 		return
 	}
 	if err == nil {
-		switch stateOf(ep.Status.Conditions, ep.Generation) {
+		state, unreconciled := stateOf(ep.Status.Conditions, ep.Generation)
+		pending = unreconciled
+		switch state {
 		case stateReady:
 			next = c.endpointFrom(ctx, ep)
 		case statePending:
-			pending = true
 			// The last known good configuration of this same object (not
 			// of a deleted one of the same name), with the managed
 			// Secret's current material: keys rotate and expire
@@ -444,7 +454,7 @@ func (c *Catalog) rebuildSubscription(ctx context.Context, namespace, name strin
 	err := c.cache.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, sub)
 	state := stateStalled // deleted: dropped like a definitively invalid one
 	if err == nil {
-		state = stateOf(sub.Status.Conditions, sub.Generation)
+		state, pending = stateOf(sub.Status.Conditions, sub.Generation)
 	}
 	switch {
 	case err != nil && client.IgnoreNotFound(err) != nil:
@@ -452,7 +462,6 @@ func (c *Catalog) rebuildSubscription(ctx context.Context, namespace, name strin
 		return
 	case state == statePending:
 		// The last known good configuration of this same object stays.
-		pending = true
 		c.mu.RLock()
 		if last := c.subs[namespace][name]; last != nil && last.UID == sub.UID {
 			next = last

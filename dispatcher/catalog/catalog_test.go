@@ -211,9 +211,11 @@ func TestCatalogFollowsReadiness(t *testing.T) {
 	markConditions(t, cur, "WebhookEndpoint", nil, map[string]any{
 		"type": "Ready", "status": "False", "reason": heraldv1.SecretNotFoundReason, "message": "Secret x not found",
 	})
-	g.Consistently(func() string { e, _ := cat.Endpoint(ns, "orders"); return e.Spec.URL }, time.Second, 100*time.Millisecond).
-		Should(Equal("https://example.com/hooks"))
-	g.Expect(cat.InTransition(ns)).To(BeTrue())
+	g.Eventually(func() bool { return cat.InTransition(ns) }, 10*time.Second, 50*time.Millisecond).Should(BeFalse(),
+		"a verdict of not Ready is not a transition: nothing is about to change")
+	e, ok = cat.Endpoint(ns, "orders")
+	g.Expect(ok).To(BeTrue())
+	g.Expect(e.Spec.URL).To(Equal("https://example.com/hooks"))
 	// Ready for the new generation: it replaces the old one.
 	markReady(t, cur, "WebhookEndpoint", nil)
 	g.Eventually(func() string { e, _ := cat.Endpoint(ns, "orders"); return e.Spec.URL }, 10*time.Second, 50*time.Millisecond).
