@@ -14,6 +14,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -32,9 +33,12 @@ import (
 	"testing"
 	"time"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 
@@ -59,6 +63,10 @@ type faultHerald struct {
 	managerArgs []string
 	managerURL  string
 	apiServer   *apiServerControl
+	// gate is the manager's and the dispatcher's way to the API server.
+	gate *apiServerGate
+	// roles are the least-privilege users' ClusterRoles.
+	roles map[string]*rbacv1.ClusterRole
 }
 
 // startFaultHerald brings up the isolated Herald with already built
@@ -79,7 +87,12 @@ func startFaultHerald(t *testing.T, bins Binaries) *faultHerald {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &faultHerald{Herald: &Herald{Env: env, Bins: bins}}
+	h := &faultHerald{Herald: &Herald{Env: env, Bins: bins}, roles: map[string]*rbacv1.ClusterRole{}}
+	h.gate, err = startAPIServerGate(t, net.JoinHostPort(env.env.ControlPlane.APIServer.SecureServing.Address, env.env.ControlPlane.APIServer.SecureServing.Port))
+	if err != nil {
+		env.Stop()
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		for _, p := range []*Process{h.Dispatcher, h.Manager} {
 			if p != nil {
@@ -185,12 +198,14 @@ func managerClusterRole(t *testing.T, root string) *rbacv1.ClusterRole {
 
 // leastPrivilegeKubeconfig creates role, binds it to a new user and returns
 // a kubeconfig file authenticating as that user (a client certificate).
+// The kubeconfig reaches the API server through h.gate.
 func (h *faultHerald) leastPrivilegeKubeconfig(ctx context.Context, user string, role *rbacv1.ClusterRole) (string, error) {
 	role = role.DeepCopy()
 	role.ResourceVersion, role.UID = "", ""
 	if err := h.Client.Create(ctx, role); err != nil {
 		return "", fmt.Errorf("create ClusterRole %s: %w", role.Name, err)
 	}
+	h.roles[user] = role
 	binding := &rbacv1.ClusterRoleBinding{
 		ObjectMeta: metav1.ObjectMeta{Name: user},
 		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
@@ -203,12 +218,23 @@ func (h *faultHerald) leastPrivilegeKubeconfig(ctx context.Context, user string,
 	if err != nil {
 		return "", fmt.Errorf("add user %s: %w", user, err)
 	}
-	kc, err := u.KubeConfig()
+	raw, err := u.KubeConfig()
 	if err != nil {
 		return "", err
 	}
+	kc, err := clientcmd.Load(raw)
+	if err != nil {
+		return "", fmt.Errorf("parse kubeconfig of %s: %w", user, err)
+	}
+	for _, cluster := range kc.Clusters {
+		// The serving certificate names 127.0.0.1, whatever the port.
+		cluster.Server = "https://" + h.gate.Addr()
+	}
+	if raw, err = clientcmd.Write(*kc); err != nil {
+		return "", err
+	}
 	path := filepath.Join(h.Dir, user+".kubeconfig")
-	if err := os.WriteFile(path, kc, 0o600); err != nil {
+	if err := os.WriteFile(path, raw, 0o600); err != nil {
 		return "", err
 	}
 	// The RBAC authorizer learns about new bindings through an informer.
@@ -236,8 +262,6 @@ type apiServerControl struct {
 	logPath   string
 	restarted *exec.Cmd
 	exited    chan struct{}
-	// restartedAt is when Start ran the API server again.
-	restartedAt time.Time
 }
 
 // findAPIServer finds the kube-apiserver process envtest started for env:
@@ -316,7 +340,7 @@ func processGone(pid int) bool {
 }
 
 // Start runs the API server again with its original command line and waits
-// until c answers.
+// until ready succeeds.
 func (a *apiServerControl) Start(ctx context.Context, ready func(context.Context) error) error {
 	logFile, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -329,7 +353,7 @@ func (a *apiServerControl) Start(ctx context.Context, ready func(context.Context
 		_ = logFile.Close()
 		return fmt.Errorf("restart kube-apiserver: %w", err)
 	}
-	a.restarted, a.exited, a.restartedAt = cmd, make(chan struct{}), time.Now()
+	a.restarted, a.exited = cmd, make(chan struct{})
 	go func() {
 		_ = cmd.Wait()
 		_ = logFile.Close()
@@ -364,6 +388,220 @@ func (a *apiServerControl) stopRestarted() {
 		<-a.exited
 	}
 	a.restarted = nil
+}
+
+// StopAPIServer closes the gate, so that the manager and the dispatcher
+// cannot reach the API server, and stops the API server.
+func (h *faultHerald) StopAPIServer() error {
+	h.gate.Close()
+	return h.apiServer.Stop()
+}
+
+// StartAPIServer starts the API server again and opens the gate once it is
+// ready (apiServerReady). A restarted API server accepts requests before
+// its RBAC authorizer has loaded the bindings and refuses them meanwhile;
+// a real control plane's load balancer or kubernetes Service sends clients
+// to an API server only once its readiness check passes, and the gate does
+// the same, so that any refusal the manager or the dispatcher meets is a
+// role that does not suffice.
+func (h *faultHerald) StartAPIServer(ctx context.Context) error {
+	if err := h.apiServer.Start(ctx, h.apiServerReady); err != nil {
+		return err
+	}
+	h.gate.Open()
+	return nil
+}
+
+// apiServerReady is a positive check that the API server serves the
+// least-privilege users as it should: /readyz passes (storage, informers
+// and post-start hooks such as the RBAC bootstrap), and the RBAC
+// authorizer allows every verb on every resource of their ClusterRoles,
+// which it does only once it has loaded their bindings.
+func (h *faultHerald) apiServerReady(ctx context.Context) error {
+	clientset, err := kubernetes.NewForConfig(h.env.Config)
+	if err != nil {
+		return err
+	}
+	if _, err := clientset.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx); err != nil {
+		return fmt.Errorf("readyz: %w", err)
+	}
+	for user, role := range h.roles {
+		for _, rule := range role.Rules {
+			for _, attrs := range ruleAttributes(rule) {
+				sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{User: user, ResourceAttributes: attrs}}
+				if err := h.Client.Create(ctx, sar); err != nil {
+					return fmt.Errorf("review %s: %w", user, err)
+				}
+				if !sar.Status.Allowed {
+					return fmt.Errorf("%s may not %s %s.%s/%s yet: %s", user, attrs.Verb, attrs.Resource, attrs.Group, attrs.Subresource, sar.Status.Reason)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// ruleAttributes lists every request a resource rule allows (not
+// resourceNames-restricted or non-resource rules, which Herald's roles do
+// not have).
+func ruleAttributes(rule rbacv1.PolicyRule) []*authorizationv1.ResourceAttributes {
+	var out []*authorizationv1.ResourceAttributes
+	for _, group := range rule.APIGroups {
+		for _, resource := range rule.Resources {
+			resource, subresource, _ := strings.Cut(resource, "/")
+			for _, verb := range rule.Verbs {
+				out = append(out, &authorizationv1.ResourceAttributes{Group: group, Resource: resource, Subresource: subresource, Verb: verb})
+			}
+		}
+	}
+	return out
+}
+
+// apiServerGate is a TCP proxy in front of the API server for the manager
+// and the dispatcher. TLS passes through it untouched. While closed it
+// refuses new connections, as a load balancer does in front of an API
+// server that is not ready.
+type apiServerGate struct {
+	l       net.Listener
+	backend string
+	open    atomic.Bool
+	mu      sync.Mutex
+	conns   map[net.Conn]struct{}
+}
+
+// startAPIServerGate opens a gate to backend (host:port) on loopback; it
+// is open from the start and closed when t ends.
+func startAPIServerGate(t *testing.T, backend string) (*apiServerGate, error) {
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	g := &apiServerGate{l: l, backend: backend, conns: map[net.Conn]struct{}{}}
+	g.open.Store(true)
+	go g.serve()
+	t.Cleanup(func() {
+		_ = l.Close()
+		g.Close()
+	})
+	return g, nil
+}
+
+// Addr is the gate's host:port.
+func (g *apiServerGate) Addr() string { return g.l.Addr().String() }
+
+// Open lets new connections through.
+func (g *apiServerGate) Open() { g.open.Store(true) }
+
+// Close refuses new connections and ends the open ones.
+func (g *apiServerGate) Close() {
+	g.open.Store(false)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for c := range g.conns {
+		_ = c.Close()
+	}
+}
+
+func (g *apiServerGate) serve() {
+	for {
+		in, err := g.l.Accept()
+		if err != nil {
+			return
+		}
+		go g.pass(in)
+	}
+}
+
+func (g *apiServerGate) pass(in net.Conn) {
+	if !g.open.Load() {
+		_ = in.Close()
+		return
+	}
+	out, err := net.DialTimeout("tcp", g.backend, 5*time.Second)
+	if err != nil {
+		_ = in.Close()
+		return
+	}
+	if !g.track(in, out) {
+		return
+	}
+	done := make(chan struct{}, 2)
+	for _, pair := range [][2]net.Conn{{in, out}, {out, in}} {
+		go func() {
+			_, _ = io.Copy(pair[0], pair[1])
+			done <- struct{}{}
+		}()
+	}
+	<-done
+	g.untrack(in, out)
+}
+
+// track registers a connection pair unless the gate closed meanwhile.
+func (g *apiServerGate) track(conns ...net.Conn) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.open.Load() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		return false
+	}
+	for _, c := range conns {
+		g.conns[c] = struct{}{}
+	}
+	return true
+}
+
+func (g *apiServerGate) untrack(conns ...net.Conn) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close()
+		delete(g.conns, c)
+	}
+}
+
+// logLines returns the JSON log entries of p, from byte offset on, that
+// match: a field of the entry for each key of match, with that value.
+func logLines(p *Process, offset int, match map[string]string) []string {
+	logs := p.Logs()
+	if offset > len(logs) {
+		offset = len(logs)
+	}
+	var out []string
+	for _, line := range strings.Split(logs[offset:], "\n") {
+		var entry map[string]any
+		if json.Unmarshal([]byte(line), &entry) != nil {
+			continue
+		}
+		matches := true
+		for k, v := range match {
+			if s, _ := entry[k].(string); s != v {
+				matches = false
+				break
+			}
+		}
+		if matches {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// rbacRefusals returns the log lines of p from byte offset on that report a
+// request the API server's authorizer refused.
+func rbacRefusals(p *Process, offset int) []string {
+	logs := p.Logs()
+	if offset > len(logs) {
+		offset = len(logs)
+	}
+	var out []string
+	for _, line := range strings.Split(logs[offset:], "\n") {
+		if strings.Contains(line, "forbidden") || strings.Contains(line, "is not allowed") {
+			out = append(out, line)
+		}
+	}
+	return out
 }
 
 // gatedReceiver is a verifying Receiver behind a switch: while held,
