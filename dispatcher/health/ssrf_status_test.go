@@ -299,7 +299,7 @@ func TestSSRFTableThroughDeliveryAndStatus(t *testing.T) {
 			Lookup:       resolver.Lookup,
 			Dial:         dialer.Dial,
 			FetchWait:    500 * time.Millisecond,
-			Breaker:      delivery.BreakerConfig{Threshold: 100},
+			Breaker:      delivery.BreakerConfig{MinRequests: 1000, ConnectionFailures: 1000},
 		})
 		if err != nil {
 			t.Fatal(err)
