@@ -52,7 +52,7 @@ func deliveryHealthy(f endpointFacts) metav1.Condition {
 		c.Message = "The endpoint's host resolves to an address the dispatcher refuses (private, loopback, link-local or similar); allow its CIDR or use a public address"
 	case !st.CircuitOpenTime.IsZero() && st.CircuitOpenTime.After(st.LastSuccessTime):
 		c.Status, c.Reason = metav1.ConditionFalse, heraldv1.CircuitOpenReason
-		c.Message = fmt.Sprintf("Circuit breaker open after consecutive failures (last: %s); probing with single requests", failureReason(st))
+		c.Message = fmt.Sprintf("Circuit breaker open: too many failed attempts (last: %s); probing with single requests", failureReason(st))
 	case st.ConsecutiveFailures >= f.Threshold && lastFailed:
 		c.Status, c.Reason = metav1.ConditionFalse, heraldv1.ConsecutiveFailuresReason
 		c.Message = fmt.Sprintf("Consecutive delivery attempts failed (last: %s)", failureReason(st))
