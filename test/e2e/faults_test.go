@@ -182,13 +182,14 @@ func TestFaults(t *testing.T) {
 			g.Expect(healthy.Reason).To(Equal(heraldv1.SigningKeyMissingReason))
 		}, 30*time.Second, 250*time.Millisecond).Should(Succeed())
 		publishN(t, h, ns, token, "generated", "gen-during", 3)
-		// Paused, not dropped: nothing is sent, the three wait in the queue.
-		g.Consistently(rcv.Unique, 3*time.Second, 200*time.Millisecond).Should(Equal(2))
+		// Paused, not dropped: the three wait in the queue (status says so
+		// once the dispatcher has queued them), and nothing was sent.
 		g.Eventually(func(g Gomega) {
 			ep, _ := endpointStatus(g, h, ns, "generated")
 			g.Expect(ep.Status.Delivery.Pending).To(BeEquivalentTo(3))
 			g.Expect(ep.Status.Delivery.DeadLettered).To(BeZero())
 		}, 30*time.Second, 250*time.Millisecond).Should(Succeed())
+		g.Expect(rcv.Unique()).To(Equal(2), "nothing is sent without a signing key")
 
 		// The manager comes back and recreates the Secret. The old key is
 		// gone with the deleted Secret, so it generates a new one: the
@@ -246,18 +247,18 @@ func TestFaults(t *testing.T) {
 		g.Eventually(rcv.Unique, 30*time.Second, 100*time.Millisecond).Should(Equal(4))
 
 		// The user's Secret is deleted while deliveries are being retried:
-		// Ready=False with SecretNotFound and a Warning Event; the queued
-		// deliveries pause and go out once the Secret is back.
+		// Ready=False with SecretNotFound and a Warning Event. That is not a
+		// definitive failure (Stalled), so the dispatcher keeps the last
+		// known good configuration and its key: the queued deliveries go
+		// out, signed with the user's key, while the Secret is missing.
 		rcv.refuse.Store(true)
-		stopping := map[string]string{"msg": "Stopping delivery", "namespace": ns, "name": "byo"}
-		stoppedBefore := len(logLines(h.Dispatcher, 0, stopping))
 		publishN(t, h, ns, token, "byo", "byo-3", 3)
 		g.Eventually(func(g Gomega) {
 			ep, _ := endpointStatus(g, h, ns, "byo")
 			g.Expect(ep.Status.Delivery.LastFailureReason).To(Equal("HTTP 503"))
 		}, 30*time.Second, 250*time.Millisecond).Should(Succeed())
 		g.Expect(h.Client.Delete(ctx, userSecret())).To(Succeed())
-		g.Eventually(func(g Gomega) {
+		secretNotFound := func(g Gomega) {
 			ep := &heraldv1.WebhookEndpoint{}
 			g.Expect(h.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "byo"}, ep)).To(Succeed())
 			ready := meta.FindStatusCondition(ep.Status.Conditions, heraldv1.ReadyCondition)
@@ -265,19 +266,20 @@ func TestFaults(t *testing.T) {
 			g.Expect(ready.Status).To(Equal(metav1.ConditionFalse))
 			g.Expect(ready.Reason).To(Equal(heraldv1.SecretNotFoundReason))
 			g.Expect(ready.Message).To(ContainSubstring(`"byo-signing"`))
-		}, 30*time.Second, 250*time.Millisecond).Should(Succeed())
-		// The dispatcher sees the change too and stops the endpoint's
-		// delivery loop; until then the receiver keeps refusing.
-		g.Eventually(func() int { return len(logLines(h.Dispatcher, 0, stopping)) }, 30*time.Second, 100*time.Millisecond).
-			Should(BeNumerically(">", stoppedBefore), "the dispatcher stops delivering to byo")
+		}
+		g.Eventually(secretNotFound, 30*time.Second, 250*time.Millisecond).Should(Succeed())
 		rcv.refuse.Store(false)
-		g.Consistently(rcv.Unique, 3*time.Second, 200*time.Millisecond).Should(Equal(4), "paused while the endpoint is not Ready")
+		g.Eventually(rcv.Unique, 30*time.Second, 100*time.Millisecond).Should(Equal(7), "delivered with the last known good configuration")
+		secretNotFound(g) // still missing: delivery went on without it
 		events, err := h.listEventsJSON(ctx)
 		g.Expect(err).NotTo(HaveOccurred())
 		g.Expect(events).To(ContainSubstring(heraldv1.SecretNotFoundReason))
 
+		// The Secret is back: Ready again, and delivery goes on.
 		g.Expect(h.Client.Create(ctx, userSecret())).To(Succeed())
-		g.Eventually(rcv.Unique, 30*time.Second, 100*time.Millisecond).Should(Equal(7), "nothing dropped")
+		g.Expect(h.Kubectl(ctx, "wait", "-n", ns, "--for=condition=Ready", "webhookendpoint/byo", "--timeout=60s")).Error().NotTo(HaveOccurred())
+		publishN(t, h, ns, token, "byo", "byo-4", 1)
+		g.Eventually(rcv.Unique, 30*time.Second, 100*time.Millisecond).Should(Equal(8), "nothing dropped")
 		_, _, rejected := rcv.Stats()
 		g.Expect(rejected).To(BeZero(), "every delivery was signed with the user's key")
 	})
