@@ -81,6 +81,9 @@ type staticCatalog struct {
 
 func (c *staticCatalog) Subscriptions(string) ([]*catalog.Subscription, uint64) { return c.subs, 1 }
 
+// InTransition: nothing is ever being reconciled.
+func (c *staticCatalog) InTransition(string) bool { return false }
+
 func (c *staticCatalog) Endpoint(_, name string) (*catalog.Endpoint, bool) {
 	ep, ok := c.endpoints[name]
 	return ep, ok
