@@ -5,11 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"mime"
 	"strings"
 	"time"
 
 	"github.com/herald-dev/herald/dispatcher/internal/jsonscan"
+	"github.com/herald-dev/herald/dispatcher/internal/mediatype"
 )
 
 // The delivery payload is the CloudEvent in structured JSON form, exactly as
@@ -161,7 +161,7 @@ func (e *cloudEvent) binaryData() (body []byte, contentType string) {
 		return body, contentType
 	case e.data != nil:
 		contentType = e.dataContentType
-		if !isJSONMediaType(contentType) {
+		if !mediatype.IsJSON(contentType) {
 			// Non-JSON data is carried in the JSON format as a string.
 			var s string
 			if err := json.Unmarshal(e.data, &s); err == nil {
@@ -174,20 +174,6 @@ func (e *cloudEvent) binaryData() (body []byte, contentType string) {
 		return e.data, contentType
 	}
 	return nil, e.dataContentType
-}
-
-// isJSONMediaType reports whether data of this content type is written as a
-// JSON value in the structured format: JSON and "+json" types, and no type
-// at all.
-func isJSONMediaType(contentType string) bool {
-	if contentType == "" {
-		return true
-	}
-	mt, _, err := mime.ParseMediaType(contentType)
-	if err != nil {
-		return false
-	}
-	return mt == "application/json" || mt == "text/json" || strings.HasSuffix(mt, "+json")
 }
 
 // binaryHeaders returns the ce-* headers of the binary mode: every context

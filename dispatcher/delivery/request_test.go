@@ -417,3 +417,59 @@ func BenchmarkBuildRequest(b *testing.B) {
 		})
 	}
 }
+
+// TestPlusJSONDataInEveryFormat delivers an event with a "+json"
+// datacontenttype and an object as data, in the stored form ingest writes
+// for it, in each payload format: the receiver gets the data as JSON (the
+// object itself, never a string holding it or base64), and the CloudEvents
+// formats keep the content type.
+func TestPlusJSONDataInEveryFormat(t *testing.T) {
+	for _, contentType := range []string{"application/vnd.foo+json", "Application/Vnd.Foo+JSON; charset=utf-8"} {
+		ctJSON, _ := json.Marshal(contentType)
+		payload := []byte(`{"specversion":"1.0","id":"1","source":"/s","type":"t","time":"2026-01-02T03:04:05Z",` +
+			`"datacontenttype":` + string(ctJSON) + `,"data":{"x":1,"tags":["a"]},"tenant":"acme"}`)
+		const wantData = `{"x":1,"tags":["a"]}`
+		for _, format := range []heraldv1.PayloadFormat{heraldv1.PayloadStandardWebhooks, heraldv1.PayloadCloudEventsBinary, heraldv1.PayloadCloudEventsStructured} {
+			t.Run(contentType+"/"+string(format), func(t *testing.T) {
+				target := mustTarget(t, withFormat(testEndpoint("shop", "orders", "https://receiver.example/"), format))
+				req, body := mustBuild(t, target, Delivery{Payload: payload, WebhookID: "msg_1"}, time.Now())
+				var gotData json.RawMessage
+				var gotType string
+				switch format {
+				case heraldv1.PayloadStandardWebhooks:
+					var b struct {
+						Data json.RawMessage `json:"data"`
+					}
+					if err := json.Unmarshal(body, &b); err != nil {
+						t.Fatalf("body %s: %v", body, err)
+					}
+					gotData, gotType = b.Data, req.Header.Get("Content-Type")
+					if gotType != "application/json" {
+						t.Errorf("Content-Type = %q, want application/json", gotType)
+					}
+				case heraldv1.PayloadCloudEventsBinary:
+					gotData, gotType = body, req.Header.Get("Content-Type")
+					if gotType != contentType {
+						t.Errorf("Content-Type = %q, want %q", gotType, contentType)
+					}
+				case heraldv1.PayloadCloudEventsStructured:
+					var b struct {
+						DataContentType string          `json:"datacontenttype"`
+						Data            json.RawMessage `json:"data"`
+					}
+					if err := json.Unmarshal(body, &b); err != nil {
+						t.Fatalf("body %s: %v", body, err)
+					}
+					gotData = b.Data
+					if b.DataContentType != contentType {
+						t.Errorf("datacontenttype = %q, want %q", b.DataContentType, contentType)
+					}
+				}
+				if string(gotData) != wantData {
+					t.Errorf("delivered data %s, want the JSON object %s (body %s)", gotData, wantData, body)
+				}
+				verifyOfficial(t, testSecret, req, body)
+			})
+		}
+	}
+}

@@ -24,6 +24,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/types"
 
 	"github.com/herald-dev/herald/dispatcher/internal/jsonscan"
+	"github.com/herald-dev/herald/dispatcher/internal/mediatype"
 )
 
 // Decoding uses the CloudEvents Go SDK to build every event: its structured
@@ -52,6 +53,12 @@ import (
 //   - Binary-mode data is given the structured representation that stores it
 //     losslessly (data for JSON and text, data_base64 otherwise); the SDK
 //     would write any non-JSON body as a JSON string, mangling binary data.
+//   - What is JSON is decided by mediatype.IsJSON, the rule every stage
+//     shares: */json and */*+json, as the CloudEvents JSON format says. The
+//     pinned SDK reads and writes the data of only a few exact types as a
+//     JSON value and every other "+json" type as a string, so such events
+//     are shown to it as application/json, the same representation, and
+//     get their own type back (sdkUnmarshal, sdkMarshal).
 //   - The stored form must be a fixed point: the canonical JSON, decoded and
 //     encoded again, yields the same bytes. The fan-out and delivery stages
 //     read only what is stored, so an event whose attributes the SDK would
@@ -221,7 +228,12 @@ func decodeJSONEvent(raw []byte, valid bool) (*decodedEvent, *requestError) {
 	}
 	ev := event.New()
 	// raw is one valid JSON object: ObjectMembers or scanObject accepted it.
-	if err := unmarshalEvent(raw, &ev); err != nil {
+	// checkJSONAttributes accepted datacontenttype as a string or null.
+	var contentType string
+	if ct, ok := attrs["datacontenttype"]; ok && !isJSONNull(ct) {
+		_ = json.Unmarshal(ct, &contentType)
+	}
+	if err := sdkUnmarshal(raw, contentType, &ev); err != nil {
 		return nil, sdkError(err)
 	}
 	return finish(&ev)
@@ -235,6 +247,96 @@ func decodeJSONEvent(raw []byte, valid bool) (*decodedEvent, *requestError) {
 // calls the SDK directly with the same bytes.
 func unmarshalEvent(raw []byte, ev *event.Event) error {
 	return ev.UnmarshalJSON(bytes.Trim(raw, jsonWhitespace))
+}
+
+// sdkJSONStandIn is the datacontenttype the SDK is shown in place of a JSON
+// media type it does not treat as JSON.
+const sdkJSONStandIn = event.ApplicationJSON
+
+// needsJSONStandIn reports whether an event with this datacontenttype is
+// shown to the SDK as application/json. Data of every JSON media type
+// (mediatype.IsJSON) is a JSON value in the structured form, but the pinned
+// SDK (v2.16.2, event.isJSON) reads and writes it as a JSON value only for
+// application/json, text/json and the two CloudEvents types, and as a
+// string for every other "+json" type (cloudevents/sdk-go#1273): it would
+// reject application/vnd.foo+json with an object as data, and store such
+// binary-mode data as a string. application/json itself, the common case,
+// needs no stand-in; neither does an absent type, which the SDK reads as
+// JSON too.
+func needsJSONStandIn(contentType string) bool {
+	return contentType != "" && mediatype.IsJSON(contentType) && mediaTypeOf(contentType) != event.ApplicationJSON
+}
+
+// sdkUnmarshal is unmarshalEvent for an event with the given
+// datacontenttype (its value in raw): when the SDK would misread the data
+// of that type, it is shown the event with datacontenttype
+// application/json, and the event gets its own type back.
+func sdkUnmarshal(raw []byte, contentType string, ev *event.Event) error {
+	if !needsJSONStandIn(contentType) {
+		return unmarshalEvent(raw, ev)
+	}
+	members, ok := jsonscan.ObjectMembers(raw)
+	if !ok {
+		if err := json.Unmarshal(raw, &members); err != nil {
+			return err
+		}
+	}
+	shown := make(map[string]json.RawMessage, len(members))
+	for name, value := range members {
+		shown[name] = value
+	}
+	shown["datacontenttype"] = json.RawMessage(`"` + sdkJSONStandIn + `"`)
+	standIn, err := json.Marshal(shown)
+	if err != nil {
+		return err
+	}
+	if err := unmarshalEvent(standIn, ev); err != nil {
+		return err
+	}
+	ctx, ok := ev.Context.(*event.EventContextV1)
+	if !ok {
+		return fmt.Errorf("specversion must be %q", specVersion)
+	}
+	ctx.DataContentType = &contentType
+	return nil
+}
+
+// sdkMarshal is json.Marshal(ev), the stored form, with data of every JSON
+// media type written as a JSON value: an event the SDK would write with
+// its data as a string (see needsJSONStandIn) is written as the same event
+// with datacontenttype application/json, whose value is then replaced. The
+// SDK writes the context attributes before data and extensions, and a
+// string value cannot hold an unescaped quote, so the first
+// "datacontenttype":"application/json" is the attribute.
+func sdkMarshal(ev *event.Event) ([]byte, error) {
+	contentType := ev.DataContentType()
+	if ev.DataBase64 || !needsJSONStandIn(contentType) {
+		return json.Marshal(ev)
+	}
+	shown := *ev
+	shown.Context = ev.Context.Clone()
+	if err := shown.Context.SetDataContentType(sdkJSONStandIn); err != nil {
+		return nil, err
+	}
+	payload, err := json.Marshal(&shown)
+	if err != nil {
+		return nil, err
+	}
+	attribute, err := json.Marshal(contentType)
+	if err != nil {
+		return nil, err
+	}
+	const standInMember = `"datacontenttype":"` + sdkJSONStandIn + `"`
+	i := bytes.Index(payload, []byte(standInMember))
+	if i < 0 {
+		return nil, errors.New("datacontenttype missing from the SDK's structured form")
+	}
+	out := make([]byte, 0, len(payload)+len(attribute))
+	out = append(out, payload[:i]...)
+	out = append(out, `"datacontenttype":`...)
+	out = append(out, attribute...)
+	out = append(out, payload[i+len(standInMember):]...)
+	return out, nil
 }
 
 // jsonWhitespace is the insignificant whitespace of RFC 8259.
@@ -545,9 +647,9 @@ func setBinaryData(ev *event.Event) *requestError {
 	if len(data) == 0 {
 		return nil
 	}
-	mediaType := storedMediaType(ev)
+	mediaType := mediaTypeOf(ev.DataContentType())
 	switch {
-	case isJSONMediaType(mediaType):
+	case mediatype.IsJSON(mediaType):
 		trimmed := bytes.Trim(data, " \t\r\n")
 		if utf8.Valid(trimmed) && json.Valid(trimmed) {
 			ev.DataEncoded = trimmed
@@ -568,30 +670,22 @@ func setBinaryData(ev *event.Event) *requestError {
 	}
 }
 
-// storedMediaType is the media type the SDK's JSON writer decides the data
-// representation by: datacontenttype without parameters, lower-cased.
-func storedMediaType(ev *event.Event) string {
-	ct := ev.DataContentType()
-	if i := strings.IndexByte(ct, ';'); i >= 0 {
-		ct = ct[:i]
+// mediaTypeOf is a datacontenttype without parameters, lower-cased, as the
+// SDK's JSON writer reads it.
+func mediaTypeOf(contentType string) string {
+	if i := strings.IndexByte(contentType, ';'); i >= 0 {
+		contentType = contentType[:i]
 	}
-	return strings.ToLower(strings.TrimSpace(ct))
+	return strings.ToLower(strings.TrimSpace(contentType))
 }
 
-// isJSONMediaType mirrors the SDK's notion of JSON data (event.isJSON): such
-// data is written into the structured form as raw JSON.
-func isJSONMediaType(mediaType string) bool {
-	switch mediaType {
-	case "", event.ApplicationJSON, event.TextJSON, event.ApplicationCloudEventsJSON, event.ApplicationCloudEventsBatchJSON:
-		return true
-	}
-	return false
-}
-
+// isTextMediaType reports whether non-JSON data of this media type is text,
+// stored as a JSON string (JSON types are decided before, by
+// mediatype.IsJSON).
 func isTextMediaType(mediaType string) bool {
 	switch {
 	case strings.HasPrefix(mediaType, "text/"),
-		strings.HasSuffix(mediaType, "+json"), strings.HasSuffix(mediaType, "+xml"), strings.HasSuffix(mediaType, "+yaml"),
+		strings.HasSuffix(mediaType, "+xml"), strings.HasSuffix(mediaType, "+yaml"),
 		mediaType == "application/xml", mediaType == "application/yaml", mediaType == "application/x-yaml",
 		mediaType == "application/x-www-form-urlencoded":
 		return true
@@ -687,7 +781,7 @@ func finish(ev *event.Event) (*decodedEvent, *requestError) {
 	if rerr := validateEvent(ev); rerr != nil {
 		return nil, rerr
 	}
-	payload, err := json.Marshal(ev)
+	payload, err := sdkMarshal(ev)
 	if err != nil {
 		return nil, badEvent("", "event cannot be encoded as structured JSON: %s", firstLine(err.Error()))
 	}
@@ -697,7 +791,7 @@ func finish(ev *event.Event) (*decodedEvent, *requestError) {
 	again := event.New()
 	// payload is valid JSON without surrounding whitespace: json.Marshal
 	// compacts, and so validates, what MarshalJSON wrote.
-	if err := unmarshalEvent(payload, &again); err != nil {
+	if err := sdkUnmarshal(payload, ev.DataContentType(), &again); err != nil {
 		return nil, badEvent("", "event cannot be stored faithfully: its structured JSON form does not decode (%s)", firstLine(err.Error()))
 	}
 	if rerr := validateEvent(&again); rerr != nil {
@@ -719,6 +813,10 @@ func finish(ev *event.Event) (*decodedEvent, *requestError) {
 // second validating pass and a copy. Otherwise (a string the SDK writes
 // holds a character json.Marshal escapes) the full comparison decides.
 func marshalsTo(ev *event.Event, payload []byte) bool {
+	if !ev.DataBase64 && needsJSONStandIn(ev.DataContentType()) {
+		again, err := sdkMarshal(ev)
+		return err == nil && bytes.Equal(again, payload)
+	}
 	if written, err := ev.MarshalJSON(); err == nil && bytes.Equal(written, payload) {
 		return true
 	}

@@ -67,6 +67,11 @@ func TestDecodeStructuredStoredForm(t *testing.T) {
 			want: `{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"text/plain","data":"a \u003cb\u003e \u0026 c"}`,
 		},
 		{
+			name: "+json data is a JSON value, laid out as application/json data",
+			in:   `{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"application/vnd.foo+json","ext":"e","data":{ "x" : 1 }}`,
+			want: `{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"application/vnd.foo+json","data":{"x":1},"ext":"e"}`,
+		},
+		{
 			name: "time in UTC, null attributes absent, extensions sorted and typed",
 			in:   `{"specversion":"1.0","id":"1","source":"/s","type":"t","time":"2026-01-02T05:04:05+02:00","subject":null,"zeta":"z","alpha":5,"flag":false,"gone":null}`,
 			want: `{"specversion":"1.0","id":"1","source":"/s","type":"t","time":"2026-01-02T03:04:05Z","alpha":5,"flag":false,"zeta":"z"}`,

@@ -6,10 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"mime"
 	"strings"
 
 	"github.com/herald-dev/herald/dispatcher/internal/jsonscan"
+	"github.com/herald-dev/herald/dispatcher/internal/mediatype"
 )
 
 // Attributes every filter sees, as empty strings when absent (see
@@ -52,7 +52,7 @@ func (e *Event) Data() any {
 		if err := json.Unmarshal(e.rawData, &v); err == nil {
 			e.data = v
 		}
-	case e.hasBase64 && isJSONContentType(e.Attributes["datacontenttype"]):
+	case e.hasBase64 && mediatype.IsJSON(e.Attributes["datacontenttype"]):
 		raw, err := base64.StdEncoding.DecodeString(e.dataBase64)
 		if err != nil {
 			return nil
@@ -148,18 +148,4 @@ func attributeString(raw json.RawMessage) (string, bool, error) {
 		// null, objects and arrays are not attribute values.
 		return "", false, nil
 	}
-}
-
-// isJSONContentType reports whether data of this content type is JSON: an
-// absent content type (JSON by the CloudEvents JSON format's rules),
-// application/json or any "+json" suffix.
-func isJSONContentType(contentType string) bool {
-	if contentType == "" {
-		return true
-	}
-	mediaType, _, err := mime.ParseMediaType(contentType)
-	if err != nil {
-		return false
-	}
-	return mediaType == "application/json" || mediaType == "text/json" || strings.HasSuffix(mediaType, "+json")
 }
