@@ -462,7 +462,7 @@ func (st *stage) stop() error {
 // in order.
 func (p *pipeline) Start(ctx context.Context) error {
 	failed := make(chan error, 4)
-	ingest := p.start("ingest", p.ingest, failed)
+	ingestStage := p.start("ingest", p.ingest, failed)
 
 	var runErr error
 	if err := p.catalog.WaitForSync(ctx); err != nil {
@@ -471,11 +471,11 @@ func (p *pipeline) Start(ctx context.Context) error {
 		// Not fatal: orphans only cost space; the next start tries again.
 		p.log.Error(err, "Removing the queues of deleted endpoints failed")
 	}
-	var reporter, router *stage
+	var reporterStage, routerStage *stage
 	if runErr == nil && ctx.Err() == nil {
-		reporter = p.start("health reporter", p.reporter, failed)
+		reporterStage = p.start("health reporter", p.reporter, failed)
 		p.startDelivery()
-		router = p.start("router", p.router, failed)
+		routerStage = p.start("router", p.router, failed)
 		select {
 		case <-ctx.Done():
 		case runErr = <-failed:
@@ -485,15 +485,15 @@ func (p *pipeline) Start(ctx context.Context) error {
 	// Stop in the order the data flows.
 	p.log.Info("Stopping: ingest, then fan-out, then delivery, then health reporting")
 	errs := []error{runErr}
-	errs = append(errs, ingest.stop())
-	if router != nil {
-		errs = append(errs, router.stop())
+	errs = append(errs, ingestStage.stop())
+	if routerStage != nil {
+		errs = append(errs, routerStage.stop())
 	}
-	if reporter != nil {
+	if reporterStage != nil {
 		drainCtx, cancel := context.WithTimeout(context.Background(), p.drainTimeout)
 		errs = append(errs, p.stopDelivery(drainCtx))
 		cancel()
-		errs = append(errs, reporter.stop())
+		errs = append(errs, reporterStage.stop())
 	}
 	return errors.Join(errs...)
 }
