@@ -11,20 +11,31 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/dispatcher/signature"
@@ -616,4 +627,287 @@ func (r *WebhookEndpointReconciler) SetupWithManager(ctx context.Context, mgr ct
 		// 10,000 Subscriptions take over a minute to become Ready.
 		WithOptions(controller.Options{MaxConcurrentReconciles: 4}).
 		Complete(r)
+}
+
+// DeliveryHealthFieldOwner is the server-side apply field manager under
+// which the manager marks DeliveryHealthy Unknown while no dispatcher
+// reports (DispatcherWatchdog). It is not FieldOwner: the WebhookEndpoint
+// reconciler's status applies never mention DeliveryHealthy, so they can
+// neither remove the mark nor keep it alive once the dispatcher is back.
+const DeliveryHealthFieldOwner = client.FieldOwner("herald-manager-delivery-health")
+
+// Tuning of DispatcherWatchdog.
+const (
+	// defaultStatusWriterLeaseDuration is assumed when the Lease does not
+	// say: the dispatcher's default lease duration, three status intervals.
+	defaultStatusWriterLeaseDuration = 15 * time.Second
+	// notReportingLeaseDurations is how many lease durations the Lease may
+	// go unrenewed before no dispatcher counts as reporting: one for
+	// another replica to take the status writer's role over, one more.
+	notReportingLeaseDurations   = 2
+	defaultWatchdogCheckInterval = time.Second
+)
+
+// DispatcherWatchdog makes a dead dispatcher visible. The dispatcher
+// replica that writes delivery health renews the Lease
+// heraldv1.StatusWriterLeaseName in the dispatcher's namespace while it
+// does. When that Lease has gone unrenewed for two lease durations, no
+// dispatcher reports, and the watchdog sets DeliveryHealthy Unknown with
+// reason DispatcherNotReporting on every WebhookEndpoint, rather than
+// leaving the last verdict (True, say) standing forever.
+//
+// DeliveryHealthy belongs to the dispatcher (field manager
+// "herald-dispatcher"). The watchdog takes it over only while no dispatcher
+// reports: with ForceOwnership, under DeliveryHealthFieldOwner, and with
+// the endpoint's resourceVersion as a precondition, so it never overwrites
+// a dispatcher write it has not seen. It writes once per endpoint when the
+// dispatcher stops reporting (and for endpoints created or changed
+// meanwhile), never while the Lease is renewed. A dispatcher that comes
+// back takes the condition back with its next apply (its first pass as
+// status writer checks every endpoint), and nothing fights it.
+//
+// The Lease's age is measured on the manager's clock, from the moment the
+// manager saw its renewTime change; renewTime is compared with nothing, so
+// clock skew between pods does not matter. Without a Lease (no dispatcher
+// ever reported, or a dispatcher that predates the Lease) there is no
+// verdict.
+type DispatcherWatchdog struct {
+	Client client.Client
+	// LeaseNamespace is the dispatcher's namespace, which holds the Lease.
+	LeaseNamespace string
+	// Now is the clock; defaults to time.Now.
+	Now func() time.Time
+	// CheckInterval is how often the Lease's age is checked. Default 1s.
+	CheckInterval time.Duration
+
+	events chan event.GenericEvent
+
+	mu    sync.Mutex
+	lease statusWriterLease
+}
+
+// statusWriterLease is what the watchdog knows of the Lease.
+type statusWriterLease struct {
+	seen bool
+	// renewTime is the Lease's spec.renewTime, as the dispatcher wrote it;
+	// it only goes into messages.
+	renewTime time.Time
+	duration  time.Duration
+	// observedAt is when, on the manager's clock, renewTime last changed.
+	observedAt time.Time
+	// notReporting is the verdict, changed by check (to true) and by
+	// observe (back to false).
+	notReporting bool
+}
+
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch
+
+// Reconcile marks one WebhookEndpoint's DeliveryHealthy condition Unknown
+// when no dispatcher reports, and does nothing otherwise.
+func (w *DispatcherWatchdog) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	since, notReporting := w.notReportingSince()
+	if !notReporting {
+		return ctrl.Result{}, nil
+	}
+	ep := &heraldv1.WebhookEndpoint{}
+	if err := w.Client.Get(ctx, req.NamespacedName, ep); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !ep.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, nil
+	}
+	cond := metav1.Condition{
+		Type:               heraldv1.DeliveryHealthyCondition,
+		Status:             metav1.ConditionUnknown,
+		Reason:             heraldv1.DispatcherNotReportingReason,
+		Message:            w.notReportingMessage(since),
+		ObservedGeneration: ep.Generation,
+		LastTransitionTime: metav1.NewTime(w.now().UTC().Truncate(time.Second)),
+	}
+	old := meta.FindStatusCondition(ep.Status.Conditions, heraldv1.DeliveryHealthyCondition)
+	if old != nil && old.Status == cond.Status {
+		if old.Reason == cond.Reason && old.Message == cond.Message && old.ObservedGeneration == cond.ObservedGeneration {
+			return ctrl.Result{}, nil
+		}
+		cond.LastTransitionTime = old.LastTransitionTime
+	}
+	conditions, err := statusToMap(&heraldv1.WebhookEndpointStatus{Conditions: []metav1.Condition{cond}})
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	u := &unstructured.Unstructured{Object: map[string]any{"status": conditions}}
+	u.SetGroupVersionKind(heraldv1.GroupVersion.WithKind("WebhookEndpoint"))
+	u.SetNamespace(ep.Namespace)
+	u.SetName(ep.Name)
+	// A precondition: a dispatcher write this copy does not show wins.
+	u.SetResourceVersion(ep.ResourceVersion)
+	if err := w.Client.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(u), DeliveryHealthFieldOwner, client.ForceOwnership); err != nil {
+		if apierrors.IsConflict(err) {
+			// Changed meanwhile: look again with a fresh copy.
+			return ctrl.Result{RequeueAfter: time.Second}, nil
+		}
+		return ctrl.Result{}, fmt.Errorf("apply DeliveryHealthy of WebhookEndpoint %s: %w", req.NamespacedName, err)
+	}
+	ctrl.LoggerFrom(ctx).V(1).Info("Marked delivery health unknown: no dispatcher reports", "webhookEndpoint", klog.KObj(ep))
+	return ctrl.Result{}, nil
+}
+
+// notReportingMessage names the last renewal, which does not change while
+// no dispatcher reports: the message is written once, not on every check.
+func (w *DispatcherWatchdog) notReportingMessage(since time.Time) string {
+	return fmt.Sprintf("No dispatcher has reported delivery health since %s: the status writer's Lease %s/%s is not renewed; the delivery status shown is stale",
+		since.UTC().Format(time.RFC3339), w.LeaseNamespace, heraldv1.StatusWriterLeaseName)
+}
+
+func (w *DispatcherWatchdog) now() time.Time {
+	if w.Now != nil {
+		return w.Now()
+	}
+	return time.Now()
+}
+
+// notReportingSince returns the Lease's last renewTime when the verdict is
+// that no dispatcher reports.
+func (w *DispatcherWatchdog) notReportingSince() (time.Time, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lease.renewTime, w.lease.seen && w.lease.notReporting
+}
+
+// observe records the Lease as the watch delivers it. A changed renewTime
+// is a renewal: a dispatcher reports.
+func (w *DispatcherWatchdog) observe(ctx context.Context, lease *coordinationv1.Lease) {
+	renewTime := lease.CreationTimestamp.Time
+	switch {
+	case lease.Spec.RenewTime != nil:
+		renewTime = lease.Spec.RenewTime.Time
+	case lease.Spec.AcquireTime != nil:
+		renewTime = lease.Spec.AcquireTime.Time
+	}
+	duration := defaultStatusWriterLeaseDuration
+	if s := lease.Spec.LeaseDurationSeconds; s != nil && *s > 0 {
+		duration = time.Duration(*s) * time.Second
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.lease.duration = duration
+	if w.lease.seen && renewTime.Equal(w.lease.renewTime) {
+		return
+	}
+	w.lease.seen, w.lease.renewTime, w.lease.observedAt = true, renewTime, w.now()
+	if w.lease.notReporting {
+		w.lease.notReporting = false
+		ctrl.LoggerFrom(ctx).Info("A dispatcher reports delivery health again", "holder", ptr.Deref(lease.Spec.HolderIdentity, ""))
+	}
+}
+
+// forget drops the Lease: without one there is no verdict.
+func (w *DispatcherWatchdog) forget() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.lease = statusWriterLease{}
+}
+
+// check reports whether the verdict has just turned to "not reporting".
+func (w *DispatcherWatchdog) check(now time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	l := &w.lease
+	if !l.seen || l.notReporting || now.Sub(l.observedAt) <= notReportingLeaseDurations*l.duration {
+		return false
+	}
+	l.notReporting = true
+	return true
+}
+
+// Start checks the Lease's age until ctx ends and, when no dispatcher
+// reports any more, queues every WebhookEndpoint.
+func (w *DispatcherWatchdog) Start(ctx context.Context) error {
+	interval := w.CheckInterval
+	if interval <= 0 {
+		interval = defaultWatchdogCheckInterval
+	}
+	log := ctrl.LoggerFrom(ctx).WithName("dispatcher-watchdog")
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticker.C:
+		}
+		if !w.check(w.now()) {
+			continue
+		}
+		since, _ := w.notReportingSince()
+		log.Info("No dispatcher reports delivery health; marking it unknown on every WebhookEndpoint",
+			"lease", klog.KRef(w.LeaseNamespace, heraldv1.StatusWriterLeaseName), "lastRenewTime", since)
+		if err := w.queueEndpoints(ctx); err != nil {
+			// The verdict stands; endpoints created or changed are still
+			// marked, and the next time the verdict turns all are queued.
+			log.Error(err, "Listing WebhookEndpoints to mark failed")
+		}
+	}
+}
+
+func (w *DispatcherWatchdog) queueEndpoints(ctx context.Context) error {
+	var list heraldv1.WebhookEndpointList
+	if err := w.Client.List(ctx, &list); err != nil {
+		return fmt.Errorf("list WebhookEndpoints: %w", err)
+	}
+	for i := range list.Items {
+		select {
+		case w.events <- event.GenericEvent{Object: &list.Items[i]}:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	return nil
+}
+
+// StatusWriterLeaseCacheOptions restricts the manager's cache of Leases to
+// the status writer's Lease in the dispatcher's namespace.
+func StatusWriterLeaseCacheOptions(dispatcherNamespace string) cache.ByObject {
+	return cache.ByObject{
+		Namespaces: map[string]cache.Config{dispatcherNamespace: {}},
+		Field:      fields.OneTermEqualSelector("metadata.name", heraldv1.StatusWriterLeaseName),
+	}
+}
+
+// SetupWithManager registers the watchdog: a controller of
+// WebhookEndpoints, fed when they are created or their spec changes, when
+// the watchdog's check queues them all, and observing the Lease.
+func (w *DispatcherWatchdog) SetupWithManager(mgr ctrl.Manager) error {
+	if w.LeaseNamespace == "" {
+		return errors.New("dispatcher watchdog: LeaseNamespace is required")
+	}
+	w.events = make(chan event.GenericEvent)
+	if err := mgr.Add(w); err != nil {
+		return fmt.Errorf("add dispatcher watchdog: %w", err)
+	}
+	isStatusWriterLease := predicate.NewPredicateFuncs(func(o client.Object) bool {
+		return o.GetNamespace() == w.LeaseNamespace && o.GetName() == heraldv1.StatusWriterLeaseName
+	})
+	observe := func(ctx context.Context, o client.Object) {
+		if lease, ok := o.(*coordinationv1.Lease); ok {
+			w.observe(ctx, lease)
+		}
+	}
+	leaseEvents := handler.Funcs{
+		CreateFunc: func(ctx context.Context, e event.CreateEvent, _ workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			observe(ctx, e.Object)
+		},
+		UpdateFunc: func(ctx context.Context, e event.UpdateEvent, _ workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			observe(ctx, e.ObjectNew)
+		},
+		DeleteFunc: func(context.Context, event.DeleteEvent, workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			w.forget()
+		},
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&heraldv1.WebhookEndpoint{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&coordinationv1.Lease{}, leaseEvents, builder.WithPredicates(isStatusWriterLease)).
+		WatchesRawSource(source.Channel(w.events, &handler.EnqueueRequestForObject{})).
+		Named("dispatcherwatchdog").
+		Complete(w)
 }

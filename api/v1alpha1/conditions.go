@@ -61,6 +61,12 @@ const (
 	EndpointGoneReason        = "EndpointGone"
 	BlockedAddressReason      = "BlockedAddress"
 	SigningKeyMissingReason   = "SigningKeyMissing"
+	// DispatcherNotReportingReason is set by the manager, not the
+	// dispatcher: no dispatcher has renewed the status writer's Lease
+	// (StatusWriterLeaseName) for two lease durations, so the delivery
+	// status shown is stale. The dispatcher replaces it when it reports
+	// again.
+	DispatcherNotReportingReason = "DispatcherNotReporting"
 )
 
 // Labels, annotations and well-known names shared by the manager and the
@@ -98,6 +104,12 @@ const (
 	// DispatcherName is the name of the dispatcher's objects and the value
 	// of NameLabel on them.
 	DispatcherName = "herald-dispatcher"
+	// StatusWriterLeaseName is the coordination.k8s.io Lease, in the
+	// dispatcher's namespace, that the dispatcher replica writing delivery
+	// health renews while it does (spec.holderIdentity, spec.renewTime,
+	// spec.leaseDurationSeconds). The manager watches it to tell whether
+	// any dispatcher reports; a Lease that does not exist means no verdict.
+	StatusWriterLeaseName = "herald-dispatcher-status"
 )
 
 // Keys of an endpoint's managed Secret. The manager writes them; the

@@ -7,11 +7,13 @@ import (
 	"flag"
 	"os"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
@@ -66,10 +68,12 @@ func main() {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
 
-	cacheOpts := cache.Options{}
+	cacheOpts := cache.Options{ByObject: map[client.Object]cache.ByObject{}}
 	if runDispatcher {
 		cacheOpts.ByObject = controllers.DispatcherCacheOptions(dispatcherCfg)
 	}
+	// The dispatcher watchdog reads one Lease, wherever the dispatcher runs.
+	cacheOpts.ByObject[&coordinationv1.Lease{}] = controllers.StatusWriterLeaseCacheOptions(dispatcherCfg.Namespace)
 
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme:                 scheme,
@@ -98,6 +102,13 @@ func main() {
 		Recorder: mgr.GetEventRecorder("herald-manager"),
 	}).SetupWithManager(ctx, mgr); err != nil {
 		log.Error(err, "Unable to set up controller", "controller", "Subscription")
+		os.Exit(1)
+	}
+	if err := (&controllers.DispatcherWatchdog{
+		Client:         mgr.GetClient(),
+		LeaseNamespace: dispatcherCfg.Namespace,
+	}).SetupWithManager(mgr); err != nil {
+		log.Error(err, "Unable to set up controller", "controller", "DispatcherWatchdog")
 		os.Exit(1)
 	}
 	if runDispatcher {
