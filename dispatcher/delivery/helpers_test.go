@@ -261,7 +261,14 @@ func (o *outcomes) of(key string) []Outcome {
 // test after testTimeout.
 func (o *outcomes) waitFor(t testing.TB, key string, what string, cond func([]Outcome) bool) []Outcome {
 	t.Helper()
-	deadline := time.NewTimer(testTimeout)
+	return o.waitForWithin(t, key, what, testTimeout, cond)
+}
+
+// waitForWithin is waitFor with its own bound, for tests that make many
+// attempts (a bound, not a timing assertion: a loaded machine is slow).
+func (o *outcomes) waitForWithin(t testing.TB, key string, what string, within time.Duration, cond func([]Outcome) bool) []Outcome {
+	t.Helper()
+	deadline := time.NewTimer(within)
 	defer deadline.Stop()
 	for {
 		if got := o.of(key); cond(got) {

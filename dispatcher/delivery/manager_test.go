@@ -1047,7 +1047,7 @@ func TestManagerRetriesInBackoffDoNotBlockFreshDeliveries(t *testing.T) {
 		publish(t, q, "shop", "orders", "retrying-"+strconv.Itoa(i))
 	}
 	m.Sync([]*catalog.Endpoint{ep})
-	out.waitFor(t, "shop/orders", "every first attempt failed", func(os []Outcome) bool { return len(os) >= backingOff })
+	out.waitForWithin(t, "shop/orders", "every first attempt failed", 5*time.Minute, func(os []Outcome) bool { return len(os) >= backingOff })
 	if !slices.ContainsFunc(out.of("shop/orders"), func(o Outcome) bool { return o.RetryDelay > time.Minute }) {
 		t.Fatal("no delivery is backing off: the test would prove nothing")
 	}
