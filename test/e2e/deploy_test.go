@@ -25,7 +25,8 @@ func TestConfigDefaultAcceptedByAPIServer(t *testing.T) {
 	rendered, err := herald.Kubectl(ctx, "kustomize", filepath.Join(herald.Root, "config", "default"))
 	g.Expect(err).NotTo(HaveOccurred())
 	for _, kind := range []string{"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-		"ServiceAccount", "Namespace", "Deployment", "Service", "NetworkPolicy"} {
+		"ServiceAccount", "Namespace", "Deployment", "Service", "NetworkPolicy",
+		"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} {
 		g.Expect(rendered).To(ContainSubstring("kind: "+kind+"\n"), "config/default renders a %s", kind)
 	}
 	g.Expect(rendered).To(ContainSubstring("pod-security.kubernetes.io/enforce: restricted"))
@@ -39,6 +40,12 @@ func TestConfigDefaultAcceptedByAPIServer(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred(), out)
 	g.Expect(out).To(ContainSubstring("deployment.apps/herald-manager serverside-applied (server dry run)"))
 	g.Expect(out).To(ContainSubstring("networkpolicy.networking.k8s.io/herald-allow-metrics-traffic serverside-applied (server dry run)"))
+	g.Expect(out).To(ContainSubstring("validatingadmissionpolicy.admissionregistration.k8s.io/herald-webhookendpoint-secret-references serverside-applied (server dry run)"))
+	g.Expect(out).To(ContainSubstring("validatingadmissionpolicybinding.admissionregistration.k8s.io/herald-webhookendpoint-secret-references serverside-applied (server dry run)"))
+	// Both are cluster-scoped: kustomize's namespace must not stick to them.
+	for _, kind := range []string{"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} {
+		g.Expect(firstDocument(t, rendered, kind)).NotTo(ContainSubstring("namespace: herald-system"), kind)
+	}
 	g.Expect(out).NotTo(ContainSubstring("Warning"), "no Pod Security or deprecation warnings")
 
 	// The manager Deployment: leader election, probes, resources, non-root,
