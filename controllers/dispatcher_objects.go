@@ -47,7 +47,7 @@ import (
 // Defaults of the dispatcher configuration. They are the flag defaults and
 // the values of DefaultDispatcherConfig.
 const (
-	DefaultDispatcherNamespace     = "herald-system"
+	DefaultDispatcherNamespace     = heraldv1alpha1.DefaultNamespace
 	DefaultDispatcherImage         = "ghcr.io/herald-dev/herald:latest"
 	DefaultDispatcherReplicas      = 1
 	DefaultDispatcherStorageSize   = "10Gi"
@@ -519,9 +519,24 @@ func DispatcherClusterRole(_ DispatcherConfig) *rbacv1.ClusterRole {
 				Resources: []string{"subjectaccessreviews"},
 				Verbs:     []string{"create"},
 			},
-			// No Events (the dispatcher reports through status) and no
-			// Leases: with several replicas the single status writer holds
-			// a lease in a JetStream KeyValue bucket (dispatcher/health).
+			// The replica writing delivery health renews a Lease so the
+			// manager can tell when no dispatcher reports (DeliveryHealthy
+			// Unknown, DispatcherNotReporting). Create cannot be limited
+			// to a name; get and update are. Which replica writes is
+			// decided in a JetStream KeyValue bucket (dispatcher/health),
+			// not by this Lease. No Events: the dispatcher reports through
+			// status.
+			{
+				APIGroups: []string{"coordination.k8s.io"},
+				Resources: []string{"leases"},
+				Verbs:     []string{"create"},
+			},
+			{
+				APIGroups:     []string{"coordination.k8s.io"},
+				Resources:     []string{"leases"},
+				ResourceNames: []string{heraldv1alpha1.StatusWriterLeaseName},
+				Verbs:         []string{"get", "update"},
+			},
 		},
 	}
 }

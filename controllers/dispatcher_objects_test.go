@@ -506,11 +506,13 @@ func TestDispatcherClusterRole(t *testing.T) {
 		{"herald.dev", "subscriptions/status", []string{"get", "patch"}},
 		{"authentication.k8s.io", "tokenreviews", []string{"create"}},
 		{"authorization.k8s.io", "subjectaccessreviews", []string{"create"}},
-		// The dispatcher records no Events and elects its status writer
-		// with a JetStream KeyValue lease, not a Kubernetes Lease.
+		// The dispatcher records no Events. It elects its status writer
+		// with a JetStream KeyValue lease; the writer renews one Kubernetes
+		// Lease (create, and get/update of that name only, below) so the
+		// manager can see when no dispatcher reports.
 		{"", "events", nil},
 		{"events.k8s.io", "events", nil},
-		{"coordination.k8s.io", "leases", nil},
+		{"coordination.k8s.io", "leases", []string{"create", "get", "update"}},
 		{"", "configmaps", nil},
 		{"", "pods", nil},
 	} {
@@ -522,8 +524,15 @@ func TestDispatcherClusterRole(t *testing.T) {
 		if slices.Contains(rule.Verbs, "*") || slices.Contains(rule.Resources, "*") || slices.Contains(rule.APIGroups, "*") {
 			t.Errorf("rule %+v uses a wildcard", rule)
 		}
-		if len(rule.ResourceNames) > 0 || len(rule.NonResourceURLs) > 0 {
+		if len(rule.NonResourceURLs) > 0 {
 			t.Errorf("unexpected rule %+v", rule)
+		}
+		if len(rule.ResourceNames) > 0 && !slices.Equal(rule.ResourceNames, []string{heraldv1alpha1.StatusWriterLeaseName}) {
+			t.Errorf("unexpected resource names in %+v", rule)
+		}
+		if slices.Contains(rule.Resources, "leases") && !slices.Contains(rule.Verbs, "create") &&
+			!slices.Equal(rule.ResourceNames, []string{heraldv1alpha1.StatusWriterLeaseName}) {
+			t.Errorf("lease rule %+v is not limited to the status writer's Lease", rule)
 		}
 	}
 

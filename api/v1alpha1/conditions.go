@@ -110,6 +110,9 @@ const (
 	// spec.leaseDurationSeconds). The manager watches it to tell whether
 	// any dispatcher reports; a Lease that does not exist means no verdict.
 	StatusWriterLeaseName = "herald-dispatcher-status"
+	// DefaultNamespace is where Herald's manager and dispatcher run unless
+	// told otherwise.
+	DefaultNamespace = "herald-system"
 )
 
 // Keys of an endpoint's managed Secret. The manager writes them; the

@@ -19,8 +19,10 @@ import (
 
 	"github.com/go-logr/logr"
 	"go.uber.org/zap/zapcore"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -63,6 +65,7 @@ type options struct {
 	statusInterval time.Duration
 	unmatchedHold  time.Duration
 	podName        string
+	namespace      string
 	logLevel       string
 	gcPercent      int
 	memoryLimit    string
@@ -85,6 +88,7 @@ func main() {
 	flag.DurationVar(&o.drainTimeout, "drain-timeout", 45*time.Second, "How long shutdown waits for in-flight deliveries.")
 	flag.DurationVar(&o.statusInterval, "status-interval", 5*time.Second, "How often delivery health is written to status (at most once per object per interval).")
 	flag.DurationVar(&o.unmatchedHold, "unmatched-hold", router.DefaultUnmatchedHold, "How long an event that matches no Subscription is held, instead of discarded, while a WebhookEndpoint or Subscription of its namespace is being reconciled (an edit in flight, the manager restarting).")
+	flag.StringVar(&o.namespace, "namespace", envOr("POD_NAMESPACE", heraldv1.DefaultNamespace), "Namespace the dispatcher runs in (defaults to $POD_NAMESPACE): where it renews the status writer's Lease the manager watches.")
 	flag.StringVar(&o.podName, "pod-name", os.Getenv("POD_NAME"), "Name of this replica (defaults to $POD_NAME, else the host name).")
 	flag.StringVar(&o.logLevel, "log-level", "info", "Log level: debug, info, warn or error.")
 	flag.IntVar(&o.gcPercent, "gc-percent", defaultGCPercent, "Go garbage collector target (as GOGC, which overrides it): heap growth in percent between collections. Higher spends less CPU on collection and more memory.")
@@ -228,6 +232,7 @@ func run(ctx context.Context, o options) error {
 		Interval:       o.statusInterval,
 		Registerer:     metrics.Registry,
 		Log:            log.WithName("health"),
+		Heartbeat:      statusLeaseHeartbeat(clientset, o.namespace),
 	})
 	if err != nil {
 		return fmt.Errorf("health reporter: %w", err)
@@ -395,4 +400,44 @@ func removeOrphans(ctx context.Context, log logr.Logger, q *queue.Queue, reader 
 		}
 	}
 	return nil
+}
+
+func envOr(key, fallback string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return fallback
+}
+
+// statusLeaseHeartbeat renews the Lease (heraldv1.StatusWriterLeaseName) the
+// manager watches to tell whether any dispatcher reports delivery health.
+func statusLeaseHeartbeat(cs kubernetes.Interface, namespace string) func(context.Context, string, time.Duration) error {
+	return func(ctx context.Context, holder string, leaseDuration time.Duration) error {
+		leases := cs.CoordinationV1().Leases(namespace)
+		now := metav1.NewMicroTime(time.Now())
+		seconds := int32(max(leaseDuration/time.Second, 1))
+		lease, err := leases.Get(ctx, heraldv1.StatusWriterLeaseName, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			_, err = leases.Create(ctx, &coordinationv1.Lease{
+				ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: heraldv1.StatusWriterLeaseName},
+				Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &seconds,
+					AcquireTime: &now, RenewTime: &now},
+			}, metav1.CreateOptions{})
+			if err != nil {
+				return fmt.Errorf("create Lease %s/%s: %w", namespace, heraldv1.StatusWriterLeaseName, err)
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("get Lease %s/%s: %w", namespace, heraldv1.StatusWriterLeaseName, err)
+		}
+		if lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity != holder {
+			lease.Spec.AcquireTime = &now
+		}
+		lease.Spec.HolderIdentity, lease.Spec.LeaseDurationSeconds, lease.Spec.RenewTime = &holder, &seconds, &now
+		if _, err := leases.Update(ctx, lease, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("renew Lease %s/%s: %w", namespace, heraldv1.StatusWriterLeaseName, err)
+		}
+		return nil
+	}
 }

@@ -137,6 +137,11 @@ type Options struct {
 	OpTimeout time.Duration
 	// Now is the clock; defaults to time.Now.
 	Now func() time.Time
+	// Heartbeat, when set, is called after every successful renewal of the
+	// status-writer lease with this replica's name and LeaseDuration: the
+	// dispatcher renews a Kubernetes Lease there, so the manager can tell
+	// when no replica reports. Errors are logged, never fatal.
+	Heartbeat func(ctx context.Context, holder string, leaseDuration time.Duration) error
 }
 
 func (o Options) withDefaults() Options {
@@ -212,6 +217,7 @@ type Reporter struct {
 
 	// Used by the Run goroutine only.
 	lease         leaseState
+	lastHeartbeat time.Time
 	writer        writerState
 	flushFailures int
 }
@@ -355,8 +361,28 @@ func (r *Reporter) tick(ctx context.Context) {
 	}
 	r.updateLease(ctx)
 	if r.lease.holding {
+		r.heartbeat(ctx)
 		r.writeStatuses(ctx)
 	}
+}
+
+// heartbeat tells Options.Heartbeat that this replica writes status, at
+// most every third of the lease duration.
+func (r *Reporter) heartbeat(ctx context.Context) {
+	if r.opts.Heartbeat == nil {
+		return
+	}
+	now := r.opts.Now()
+	if !r.lastHeartbeat.IsZero() && now.Sub(r.lastHeartbeat) < r.opts.LeaseDuration/3 {
+		return
+	}
+	opCtx, cancel := r.opContext(ctx)
+	defer cancel()
+	if err := r.opts.Heartbeat(opCtx, r.opts.Replica, r.opts.LeaseDuration); err != nil {
+		r.log.Error(err, "Renewing the status writer's Lease failed; the manager may report DispatcherNotReporting")
+		return
+	}
+	r.lastHeartbeat = now
 }
 
 func (r *Reporter) shutdown(ctx context.Context) {

@@ -11,7 +11,10 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	. "github.com/onsi/gomega"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/dispatcher/queue"
 )
 
@@ -30,7 +33,7 @@ type steadyPublisher struct {
 
 func startSteadyPublisher(t *testing.T, ns, token, source string, interval time.Duration, limit int) *steadyPublisher {
 	t.Helper()
-	client, err := cloudevents.NewClientHTTP(
+	ceClient, err := cloudevents.NewClientHTTP(
 		cloudevents.WithTarget(herald.IngestURL+"/v1/namespaces/"+ns+"/events"),
 		cehttp.WithHeader("Authorization", "Bearer "+token))
 	if err != nil {
@@ -49,7 +52,7 @@ func startSteadyPublisher(t *testing.T, ns, token, source string, interval time.
 			ev.SetType("tick")
 			_ = ev.SetData(cloudevents.ApplicationJSON, map[string]int{"i": i})
 			reqCtx, cancelReq := context.WithTimeout(ctx, 5*time.Second)
-			res := client.Send(reqCtx, ev)
+			res := ceClient.Send(reqCtx, ev)
 			cancelReq()
 			var httpRes *cehttp.Result
 			ok := cloudevents.ResultAs(res, &httpRes) && httpRes.StatusCode == 202
@@ -246,4 +249,49 @@ func TestEditWhileManagerIsDownHoldsEvents(t *testing.T) {
 	g.Expect(herald.StartManager(ctx)).To(Succeed())
 	restarted = true
 	expectAllDelivered(t, rcv, ns, "/down", ids(tocks), time.Minute)
+}
+
+// TestDeadDispatcherIsVisible: with the dispatcher stopped, no replica
+// renews the status writer's Lease, and the manager turns DeliveryHealthy
+// Unknown with DispatcherNotReporting instead of leaving it True for ever;
+// once the dispatcher is back, it reports True again.
+func TestDeadDispatcherIsVisible(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := "e2e-dead-dispatcher"
+	createNamespace(t, ns)
+	rcv, err := StartReceiver("127.0.0.1:0")
+	g.Expect(err).NotTo(HaveOccurred())
+	defer rcv.Close()
+	setUpEndpoint(t, ns, "sink", rcv, "")
+	token, err := herald.PublisherToken(ctx, ns, "publisher")
+	g.Expect(err).NotTo(HaveOccurred())
+	code, body, err := herald.Publish(ctx, ns, token, []Event{{ID: "alive", Source: "/dead", Type: "tick"}})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(code).To(Equal(202), body)
+	healthy := func(status, reason string) func(g Gomega) {
+		return func(g Gomega) {
+			ep := &heraldv1.WebhookEndpoint{}
+			g.Expect(herald.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "sink"}, ep)).To(Succeed())
+			c := meta.FindStatusCondition(ep.Status.Conditions, heraldv1.DeliveryHealthyCondition)
+			g.Expect(c).NotTo(BeNil())
+			g.Expect(string(c.Status)).To(Equal(status))
+			g.Expect(c.Reason).To(Equal(reason))
+		}
+	}
+	g.Eventually(healthy("True", heraldv1.DeliveringReason), time.Minute, 250*time.Millisecond).Should(Succeed())
+
+	g.Expect(herald.Dispatcher.Stop(20 * time.Second)).To(Succeed())
+	restarted := false
+	defer func() {
+		if !restarted {
+			g.Expect(herald.StartDispatcher(ctx)).To(Succeed())
+		}
+	}()
+	// Two lease durations (2 x 15 s) after the last renewal.
+	g.Eventually(healthy("Unknown", heraldv1.DispatcherNotReportingReason), 2*time.Minute, time.Second).Should(Succeed())
+
+	g.Expect(herald.StartDispatcher(ctx)).To(Succeed())
+	restarted = true
+	g.Eventually(healthy("True", heraldv1.DeliveringReason), time.Minute, 250*time.Millisecond).Should(Succeed())
 }

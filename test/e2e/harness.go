@@ -19,7 +19,9 @@ import (
 	"syscall"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -111,6 +113,12 @@ func StartControlPlane(ctx context.Context, dir string) (*Env, error) {
 	if err := e.applyPublisherRole(ctx); err != nil {
 		e.Stop()
 		return nil, err
+	}
+	// Herald's own namespace, as config/default creates it: the dispatcher
+	// renews its status Lease there and the manager watches it.
+	if err := e.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: heraldv1.DefaultNamespace}}); err != nil {
+		e.Stop()
+		return nil, fmt.Errorf("create namespace %s: %w", heraldv1.DefaultNamespace, err)
 	}
 	return e, nil
 }
