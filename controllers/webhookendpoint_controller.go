@@ -252,6 +252,13 @@ func (r *WebhookEndpointReconciler) readSecretKey(ctx context.Context, ns, field
 		}
 		return nil, fmt.Errorf("get Secret %s/%s for %s: %w", ns, name, field, err)
 	}
+	// Defence in depth behind the admission policy: a ServiceAccount token
+	// is a credential to this cluster, never a webhook secret, so its
+	// content is not read, whoever the author of the reference is.
+	if s.Type == corev1.SecretTypeServiceAccountToken {
+		return nil, &conditionError{Reason: heraldv1.ForbiddenSecretTypeReason, Terminal: true,
+			Message: fmt.Sprintf("Secret %q referenced by %s is a ServiceAccount token (type %s), which Herald never reads; reference a Secret of another type", name, field, corev1.SecretTypeServiceAccountToken)}
+	}
 	v, ok := s.Data[key]
 	if !ok {
 		return nil, &conditionError{Reason: heraldv1.SecretKeyNotFoundReason,

@@ -374,3 +374,36 @@ func TestEndpointTerminalValidationInReconciler(t *testing.T) {
 	g.Expect(readyFor(got.Status.Conditions, got.Generation).Message).NotTo(ContainSubstring("pass"))
 	g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, heraldv1.StalledCondition)).To(BeTrue())
 }
+
+// TestEndpointNeverReadsServiceAccountTokens: a reference to a Secret of
+// type kubernetes.io/service-account-token is refused (Stalled,
+// ForbiddenSecretType) and the token never reaches the managed Secret.
+func TestEndpointNeverReadsServiceAccountTokens(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	const token = "eyJhbGciOiJSUzI1NiJ9.cluster-credential"
+	g.Expect(k8sClient.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "builder"}})).To(Succeed())
+	g.Expect(k8sClient.Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "builder-token",
+			Annotations: map[string]string{corev1.ServiceAccountNameKey: "builder"}},
+		Type: corev1.SecretTypeServiceAccountToken,
+		Data: map[string][]byte{"token": []byte(token), "value": []byte(token)},
+	})).To(Succeed())
+	ep := endpoint(ns, "exfil", func(e *heraldv1.WebhookEndpoint) {
+		e.Spec.Headers = []heraldv1.HeaderSpec{{Name: "Authorization", ValueFrom: &heraldv1.SecretKeyReference{Name: "builder-token"}}}
+	})
+	g.Expect(k8sClient.Create(ctx, ep)).To(Succeed())
+	got := waitEndpointReady(t, client.ObjectKeyFromObject(ep), metav1.ConditionFalse, heraldv1.ForbiddenSecretTypeReason)
+	ready := readyFor(got.Status.Conditions, got.Generation)
+	g.Expect(ready.Message).To(ContainSubstring(`Secret "builder-token"`))
+	g.Expect(ready.Message).NotTo(ContainSubstring(token))
+	g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, heraldv1.StalledCondition)).To(BeTrue())
+	managed := &corev1.Secret{}
+	err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "exfil-herald"}, managed)
+	if err == nil {
+		for k, v := range managed.Data {
+			g.Expect(string(v)).NotTo(ContainSubstring(token), "managed Secret key %s holds the token", k)
+		}
+	}
+}

@@ -35,6 +35,10 @@ const (
 	SecretNotFoundReason = "SecretNotFound"
 	// SecretKeyNotFoundReason: a referenced Secret lacks the named key.
 	SecretKeyNotFoundReason = "SecretKeyNotFound"
+	// ForbiddenSecretTypeReason: a reference names a ServiceAccount token
+	// Secret, which Herald never reads (it would hand a cluster credential
+	// to a receiver).
+	ForbiddenSecretTypeReason = "ForbiddenSecretType"
 	// InvalidSigningSecretReason: the user-supplied signing secret cannot be
 	// decoded as a Standard Webhooks secret.
 	InvalidSigningSecretReason = "InvalidSigningSecret"
