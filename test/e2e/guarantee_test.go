@@ -112,6 +112,26 @@ func expectAllDelivered(t *testing.T, rcv *Receiver, ns, source string, acked []
 
 func head(s []string, n int) []string { return s[:min(n, len(s))] }
 
+// receivingNamespace creates the namespace ns with a receiver, an endpoint
+// "sink" delivering to it (extraSpec added to its spec) with a catch-all
+// Subscription "sink-all", both Ready, and returns the receiver and a
+// publisher token.
+func receivingNamespace(t *testing.T, ns, extraSpec string) (*Receiver, string) {
+	t.Helper()
+	createNamespace(t, ns)
+	rcv, err := StartReceiver("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rcv.Close)
+	setUpEndpoint(t, ns, "sink", rcv, extraSpec)
+	token, err := herald.PublisherToken(context.Background(), ns, "publisher")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rcv, token
+}
+
 // TestKillAndRestartWhilePublishingLosesNothing is the user's scenario: a
 // steady publisher (one event every 5 ms), SIGKILL of the dispatcher 700 ms
 // in, the same binary started again 300 ms later on the same store, and
@@ -122,13 +142,7 @@ func TestKillAndRestartWhilePublishingLosesNothing(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	ns := "e2e-restart"
-	createNamespace(t, ns)
-	rcv, err := StartReceiver("127.0.0.1:0")
-	g.Expect(err).NotTo(HaveOccurred())
-	defer rcv.Close()
-	setUpEndpoint(t, ns, "sink", rcv, "")
-	token, err := herald.PublisherToken(ctx, ns, "publisher")
-	g.Expect(err).NotTo(HaveOccurred())
+	rcv, token := receivingNamespace(t, ns, "")
 
 	pub := startSteadyPublisher(t, ns, token, "/restart", 5*time.Millisecond, 400)
 	time.Sleep(700 * time.Millisecond)
@@ -155,13 +169,7 @@ func TestSpecEditsWhilePublishingLoseNothing(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	ns := "e2e-edits"
-	createNamespace(t, ns)
-	rcv, err := StartReceiver("127.0.0.1:0")
-	g.Expect(err).NotTo(HaveOccurred())
-	defer rcv.Close()
-	setUpEndpoint(t, ns, "sink", rcv, "")
-	token, err := herald.PublisherToken(ctx, ns, "publisher")
-	g.Expect(err).NotTo(HaveOccurred())
+	rcv, token := receivingNamespace(t, ns, "")
 
 	pub := startSteadyPublisher(t, ns, token, "/edits", 25*time.Millisecond, 300)
 	edits := [][]string{
@@ -190,13 +198,7 @@ func TestEditWhileManagerIsDownHoldsEvents(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	ns := "e2e-manager-down"
-	createNamespace(t, ns)
-	rcv, err := StartReceiver("127.0.0.1:0")
-	g.Expect(err).NotTo(HaveOccurred())
-	defer rcv.Close()
-	setUpEndpoint(t, ns, "sink", rcv, "")
-	token, err := herald.PublisherToken(ctx, ns, "publisher")
-	g.Expect(err).NotTo(HaveOccurred())
+	rcv, token := receivingNamespace(t, ns, "")
 	out, err := herald.Kubectl(ctx, "patch", "-n", ns, "subscription/sink-all", "--type=merge", "-p", `{"spec":{"types":["tick"]}}`)
 	g.Expect(err).NotTo(HaveOccurred(), out)
 	out, err = herald.Kubectl(ctx, "wait", "-n", ns, "subscription/sink-all", "--for=jsonpath={.status.observedGeneration}=2", "--timeout=60s")
@@ -259,13 +261,7 @@ func TestDeadDispatcherIsVisible(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	ns := "e2e-dead-dispatcher"
-	createNamespace(t, ns)
-	rcv, err := StartReceiver("127.0.0.1:0")
-	g.Expect(err).NotTo(HaveOccurred())
-	defer rcv.Close()
-	setUpEndpoint(t, ns, "sink", rcv, "")
-	token, err := herald.PublisherToken(ctx, ns, "publisher")
-	g.Expect(err).NotTo(HaveOccurred())
+	_, token := receivingNamespace(t, ns, "")
 	code, body, err := herald.Publish(ctx, ns, token, []Event{{ID: "alive", Source: "/dead", Type: "tick"}})
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(code).To(Equal(202), body)

@@ -49,17 +49,18 @@ func TestChaosSoak(t *testing.T) {
 	t.Logf("soak for %s, seed %d", duration, seed)
 
 	ns := "e2e-soak"
-	createNamespace(t, ns)
-	rcv, err := StartReceiver("127.0.0.1:0")
-	g.Expect(err).NotTo(HaveOccurred())
-	defer rcv.Close()
 	const userSecret = `apiVersion: v1
 kind: Secret
 metadata: {name: soak-token}
 stringData: {value: "Bearer soak"}
 `
+	// The header's Secret exists before the endpoint that references it.
+	createNamespace(t, ns)
 	out, err := herald.ApplyYAML(ctx, ns, userSecret)
 	g.Expect(err).NotTo(HaveOccurred(), out)
+	rcv, err := StartReceiver("127.0.0.1:0")
+	g.Expect(err).NotTo(HaveOccurred())
+	defer rcv.Close()
 	setUpEndpoint(t, ns, "sink", rcv, "  headers: [{name: Authorization, valueFrom: {name: soak-token}}]")
 	token, err := herald.PublisherToken(ctx, ns, "publisher")
 	g.Expect(err).NotTo(HaveOccurred())
