@@ -441,16 +441,22 @@ func (h *faultHerald) apiServerReady(ctx context.Context) error {
 	return nil
 }
 
-// ruleAttributes lists every request a resource rule allows (not
-// resourceNames-restricted or non-resource rules, which Herald's roles do
-// not have).
+// ruleAttributes lists every request a resource rule allows; a rule
+// limited to resourceNames allows them on those names only (non-resource
+// rules, which Herald's roles do not have, are left out).
 func ruleAttributes(rule rbacv1.PolicyRule) []*authorizationv1.ResourceAttributes {
+	names := rule.ResourceNames
+	if len(names) == 0 {
+		names = []string{""}
+	}
 	var out []*authorizationv1.ResourceAttributes
 	for _, group := range rule.APIGroups {
 		for _, resource := range rule.Resources {
 			resource, subresource, _ := strings.Cut(resource, "/")
 			for _, verb := range rule.Verbs {
-				out = append(out, &authorizationv1.ResourceAttributes{Group: group, Resource: resource, Subresource: subresource, Verb: verb})
+				for _, name := range names {
+					out = append(out, &authorizationv1.ResourceAttributes{Group: group, Resource: resource, Subresource: subresource, Verb: verb, Name: name})
+				}
 			}
 		}
 	}
