@@ -11,8 +11,13 @@ import (
 
 // Consumer defaults for zero ConsumerOptions fields.
 const (
-	// DefaultEventMaxAckPending bounds events in fan-out at once.
-	DefaultEventMaxAckPending = 1000
+	// DefaultEventMaxAckPending is no limit: JetStream counts an event
+	// waiting for its redelivery as pending, and the router returns events
+	// with a delay (a failed fan-out, an unmatched event held while its
+	// namespace is in transition). With a limit, 1,000 such events of one
+	// namespace would stop fan-out for every namespace. What the router has
+	// in hand is bounded by its fetch batch instead.
+	DefaultEventMaxAckPending = -1
 	// DefaultEventAckWait is how long fan-out of one event may take.
 	DefaultEventAckWait = 30 * time.Second
 	// DefaultDeliveryMaxAckPending bounds an endpoint's deliveries that are

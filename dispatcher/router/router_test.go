@@ -848,3 +848,29 @@ func TestUnmatchedEventIsHeldWhileNamespaceInTransition(t *testing.T) {
 		t.Errorf("events discarded after the hold = %v, want 1", got)
 	}
 }
+
+// TestHeldEventsDoNotStopOtherNamespaces: more events held for a namespace
+// in transition than JetStream's default MaxAckPending (1,000) do not stop
+// fan-out of another namespace's events.
+func TestHeldEventsDoNotStopOtherNamespaces(t *testing.T) {
+	q := openQueue(t)
+	cat := newFakeCatalog()
+	cat.setTransition("editing", true)
+	cat.addEndpoint("steady", "hook")
+	cat.addSubscription(&catalog.Subscription{Namespace: "steady", Name: "all", Endpoint: "hook", Types: []string{"*"}})
+	ingested, _ := time.Parse(time.RFC3339Nano, testEvent{}.header().Get(queue.HeaderIngestedAt))
+	r, reg := newTestRouter(t, q, cat, nil, func(o *Options) {
+		o.UnmatchedRetry = time.Hour
+		o.Now = func() time.Time { return ingested.Add(time.Second) }
+	})
+	const held = 1005
+	for i := range held {
+		publishEvent(t, q, testEvent{ns: "editing", id: fmt.Sprintf("held-%d", i), source: "/editing", typ: "order.created"})
+	}
+	runRouter(t, r)
+	eventually(t, 2*time.Minute, "a thousand events of the namespace in transition held", func() bool {
+		return counterValue(t, reg, "herald_router_events_held_total", map[string]string{"namespace": "editing"}) >= 1000
+	})
+	publishEvent(t, q, testEvent{ns: "steady", id: "after", source: "/steady", typ: "order.created"})
+	eventually(t, 30*time.Second, "the other namespace's event routed", func() bool { return pending(t, q, "steady", "hook") == 1 })
+}
