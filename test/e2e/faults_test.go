@@ -381,8 +381,29 @@ func TestFaults(t *testing.T) {
 				g.Expect(healthy.Reason).To(Equal(heraldv1.DeliveringReason))
 			}, 30*time.Second, 250*time.Millisecond).Should(Succeed())
 		}
+		// The previous subtest restarted the API server. Until the
+		// dispatcher's informers have re-established their watches
+		// (client-go backs off for up to 30 s), it may not know lp-all yet,
+		// and an event published now would match nothing and be discarded:
+		// a known gap, not what this subtest is about. Publish warm-up
+		// events until one arrives, then until nothing is pending.
+		for try := 0; rcv.Unique() == 0; try++ {
+			g.Expect(try).To(BeNumerically("<", 20), "no warm-up event arrived")
+			publishN(t, h, lpNS, lpToken, "lp", fmt.Sprintf("lp-warm-%d", try), 1)
+			deadline := time.Now().Add(5 * time.Second)
+			for rcv.Unique() == 0 && time.Now().Before(deadline) {
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+		var base int
+		g.Eventually(func(g Gomega) {
+			ep, _ := endpointStatus(g, h, lpNS, "lp")
+			g.Expect(ep.Status.Delivery.Pending).To(BeZero())
+			base = rcv.Unique()
+			g.Expect(ep.Status.Delivery.Delivered).To(BeEquivalentTo(base))
+		}, 30*time.Second, 250*time.Millisecond).Should(Succeed())
 		publishN(t, h, lpNS, lpToken, "lp", "lp-before", 1)
-		delivered(1)
+		delivered(base + 1)
 
 		// After a restart both re-list and re-watch everything.
 		g.Expect(fh.StopAPIServer()).To(Succeed())
@@ -404,8 +425,8 @@ func TestFaults(t *testing.T) {
 		lpToken2 = strings.TrimSpace(lpToken2)
 		known.addToken("least-privilege publisher token after the restart", lpToken2)
 		publishN(t, h, lpNS, lpToken2, "lp", "lp-after", 1)
-		delivered(2)
-		g.Expect(rcv.Unique()).To(Equal(2))
+		delivered(base + 2)
+		g.Expect(rcv.Unique()).To(Equal(base + 2))
 
 		for _, refusal := range rbacRefusals(h.Manager, managerLog) {
 			t.Errorf("the manager was refused by RBAC: %.400s", refusal)
