@@ -461,11 +461,3 @@ func (p *Pacer) CircuitOpen() bool {
 	defer p.mu.Unlock()
 	return p.breaker.state != breakerClosed
 }
-
-// ConsecutiveFailures is the number of failed attempts since the last
-// success (paced answers count as neither).
-func (p *Pacer) ConsecutiveFailures() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.breaker.consecutiveFailures
-}

@@ -312,17 +312,6 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// ingestedAt is when the delivery's event was accepted at ingest, or when
-// the delivery was queued if that header is missing.
-func ingestedAt(msg *queue.Message) time.Time {
-	if v := msg.Header.Get(queue.HeaderIngestedAt); v != "" {
-		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
-			return t
-		}
-	}
-	return msg.Timestamp
-}
-
 // process makes one attempt of a delivery and settles the message.
 func (w *worker) process(cfg *workerConfig, msg *queue.Message, ticket *Ticket) {
 	ep := cfg.endpoint
@@ -335,7 +324,7 @@ func (w *worker) process(cfg *workerConfig, msg *queue.Message, ticket *Ticket) 
 		Subscriptions: msg.Header.Get(queue.HeaderSubscriptions),
 	}
 	policy := cfg.retry
-	ingested := ingestedAt(msg)
+	ingested := msg.IngestedAt()
 
 	if time.Since(ingested) > policy.MaxAge {
 		ticket.Release()

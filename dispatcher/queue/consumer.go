@@ -282,6 +282,18 @@ func newMessage(m jetstream.Msg) (*Message, error) {
 	}, nil
 }
 
+// IngestedAt is when the message's event was accepted at ingest
+// (HeaderIngestedAt, which fan-out copies onto deliveries), or when the
+// message was stored if that header is missing or unreadable.
+func (m *Message) IngestedAt() time.Time {
+	if v := m.Header.Get(HeaderIngestedAt); v != "" {
+		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+			return t
+		}
+	}
+	return m.Timestamp
+}
+
 // Ack acknowledges the message and waits for the server to confirm, so that
 // after a nil return the message will not be redelivered (on a work-queue
 // stream it is then deleted).

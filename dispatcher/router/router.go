@@ -372,13 +372,7 @@ func (r *Router) hold(m *queue.Message) bool {
 	if !r.catalog.InTransition(m.Namespace) {
 		return false
 	}
-	ingested := m.Timestamp
-	if v := m.Header.Get(queue.HeaderIngestedAt); v != "" {
-		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
-			ingested = t
-		}
-	}
-	return r.opts.Now().Sub(ingested) < r.opts.UnmatchedHold
+	return r.opts.Now().Sub(m.IngestedAt()) < r.opts.UnmatchedHold
 }
 
 func (r *Router) retryDelay(numDelivered uint64) time.Duration {
