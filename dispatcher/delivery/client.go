@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/herald-dev/herald/dispatcher/delivery/ssrf"
@@ -30,6 +31,9 @@ type ClientConfig struct {
 	// MaxIdleConns is how many idle connections to the receiver are kept;
 	// the endpoint's maxInFlight is a good value.
 	MaxIdleConns int
+	// KeepBody is how many bytes of a response body Response.Body keeps
+	// (the delivery log's share); 0 keeps none.
+	KeepBody int
 }
 
 // Client sends the requests of one endpoint. It has its own transport (TLS
@@ -39,6 +43,7 @@ type Client struct {
 	httpClient *http.Client
 	transport  *http.Transport
 	timeout    time.Duration
+	keepBody   int
 }
 
 // Response is what Herald keeps of an answer.
@@ -48,6 +53,8 @@ type Response struct {
 	RetryAfter string
 	// Latency is the attempt's duration, reading the body included.
 	Latency time.Duration
+	// Body is the start of the body, ClientConfig.KeepBody bytes at most.
+	Body []byte
 }
 
 // NewClient returns a client dialling through dialer. Errors describe the
@@ -101,6 +108,7 @@ func NewClient(dialer *ssrf.Dialer, cfg ClientConfig) (*Client, error) {
 		},
 		transport: transport,
 		timeout:   cfg.Timeout,
+		keepBody:  cfg.KeepBody,
 	}, nil
 }
 
@@ -118,14 +126,41 @@ func (c *Client) Do(req *http.Request) (Response, error) {
 	}
 	// The status decides the outcome; the body is read (bounded) only so
 	// that the connection can be reused, and a slow or endless body ends
-	// with the attempt's context.
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, MaxResponseBody))
+	// with the attempt's context. The delivery log keeps the start.
+	var kept []byte
+	body := io.LimitReader(resp.Body, MaxResponseBody)
+	if c.keepBody > 0 {
+		kept = readStart(body, c.keepBody)
+	}
+	_, _ = io.Copy(io.Discard, body)
 	_ = resp.Body.Close()
 	return Response{
 		StatusCode: resp.StatusCode,
 		RetryAfter: resp.Header.Get("Retry-After"),
 		Latency:    time.Since(start),
+		Body:       kept,
 	}, nil
+}
+
+// bodyBuffers are scratch buffers for readStart; most answers are a few
+// bytes, so the kept copy is small while the read buffer is reused.
+var bodyBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+// readStart reads up to n bytes of r and returns a copy of them, nil for
+// an empty body.
+func readStart(r io.Reader, n int) []byte {
+	bp := bodyBuffers.Get().(*[]byte)
+	defer bodyBuffers.Put(bp)
+	buf := *bp
+	if cap(buf) < n {
+		buf = make([]byte, n)
+		*bp = buf[:0]
+	}
+	k, _ := io.ReadFull(r, buf[:n])
+	if k == 0 {
+		return nil
+	}
+	return append([]byte(nil), buf[:k]...)
 }
 
 // withoutURL drops the URL net/http puts into its errors: its query may

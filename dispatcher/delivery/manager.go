@@ -17,6 +17,7 @@ import (
 
 	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/dispatcher/catalog"
+	"github.com/herald-dev/herald/dispatcher/deliverylog"
 	"github.com/herald-dev/herald/dispatcher/delivery/ssrf"
 	"github.com/herald-dev/herald/dispatcher/queue"
 )
@@ -37,6 +38,8 @@ type Options struct {
 	Queue *queue.Queue
 	// Reporter receives every outcome; optional.
 	Reporter Reporter
+	// Log records every processed delivery (the delivery log); optional.
+	Log Recorder
 	// Registerer registers the delivery metrics; nil leaves them
 	// unregistered.
 	Registerer prometheus.Registerer
@@ -87,6 +90,7 @@ const (
 type Manager struct {
 	queue     *queue.Queue
 	reporter  Reporter
+	recorder  Recorder
 	metrics   *metrics
 	log       logr.Logger
 	userAgent string
@@ -128,6 +132,7 @@ func NewManager(opts Options) (*Manager, error) {
 	m := &Manager{
 		queue:     opts.Queue,
 		reporter:  opts.Reporter,
+		recorder:  opts.Log,
 		metrics:   metrics,
 		log:       opts.Logger,
 		userAgent: UserAgent(opts.Version),
@@ -354,6 +359,15 @@ func (m *Manager) retireLocked(key string, w *worker) {
 	m.log.V(1).Info("Stopping delivery", "namespace", w.namespace, "name", w.name)
 }
 
+// keepBody is how much of a response body attempts keep: the delivery
+// log's share when there is a log, none otherwise.
+func (m *Manager) keepBody() int {
+	if m.recorder == nil {
+		return 0
+	}
+	return deliverylog.MaxResponseBytes
+}
+
 // markGone stops the endpoint after a 410 Gone for generation.
 func (m *Manager) markGone(w *worker, generation int64) {
 	m.mu.Lock()
@@ -445,6 +459,7 @@ func (m *Manager) buildConfig(ep *catalog.Endpoint) (*workerConfig, error) {
 		ClientCert:   ep.ClientCert,
 		ClientKey:    ep.ClientKey,
 		MaxIdleConns: ep.Spec.GetMaxInFlight(),
+		KeepBody:     m.keepBody(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("endpoint %s: %w", ep.Key(), err)

@@ -118,6 +118,8 @@ type decision struct {
 
 // attemptResult is what an attempt produced, as far as retrying goes.
 type attemptResult struct {
+	// body is the start of the response body, for the delivery log.
+	body       []byte
 	success    bool
 	statusCode int
 	reason     string

@@ -330,7 +330,7 @@ func (w *worker) process(cfg *workerConfig, msg *queue.Message, ticket *Ticket) 
 		ticket.Release()
 		o.Reason = ReasonMaxAge
 		w.deadLetter(msg, ReasonMaxAge, &o)
-		w.report(o)
+		w.finish(msg, o, nil)
 		return
 	}
 
@@ -354,7 +354,7 @@ func (w *worker) process(cfg *workerConfig, msg *queue.Message, ticket *Ticket) 
 			w.nak(msg, o.RetryDelay)
 		}
 		o.Time = time.Now()
-		w.report(o)
+		w.finish(msg, o, nil)
 		return
 	}
 
@@ -372,7 +372,7 @@ func (w *worker) process(cfg *workerConfig, msg *queue.Message, ticket *Ticket) 
 		res.reason = ClassifyError(err)
 		w.log.V(1).Info("Delivery attempt failed", "attempt", o.Attempt, "reason", res.reason, "error", safeErrorText(err))
 	} else {
-		res.statusCode, res.retryAfter = resp.StatusCode, resp.RetryAfter
+		res.statusCode, res.retryAfter, res.body = resp.StatusCode, resp.RetryAfter, resp.Body
 		res.success = resp.StatusCode >= 200 && resp.StatusCode < 300
 		if !res.success {
 			res.reason = HTTPReason(resp.StatusCode)
@@ -407,7 +407,7 @@ func (w *worker) process(cfg *workerConfig, msg *queue.Message, ticket *Ticket) 
 		w.m.markGone(w, ep.Generation)
 		w.handBack(msg)
 	}
-	w.report(o)
+	w.finish(msg, o, res.body)
 }
 
 // nak schedules the redelivery of msg after delay. A full-jitter draw
@@ -436,6 +436,15 @@ func (w *worker) deadLetter(msg *queue.Message, reason string, o *Outcome) {
 // deadLetterRetryDelay delays the next try of a delivery whose dead-lettering
 // failed, so that a queue problem does not spin.
 const deadLetterRetryDelay = 5 * time.Second
+
+// finish reports the outcome of a processed delivery and records it in
+// the delivery log, with the start of the response body.
+func (w *worker) finish(msg *queue.Message, o Outcome, body []byte) {
+	w.report(o)
+	if w.m.recorder != nil {
+		w.m.recorder.Record(logEntry(w.namespace, w.name, msg, &o, body))
+	}
+}
 
 func (w *worker) report(o Outcome) {
 	if o.Time.IsZero() {

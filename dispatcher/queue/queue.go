@@ -451,3 +451,12 @@ func (l serverLogger) Tracef(format string, v ...any) { l.log.V(4).Info(fmt.Spri
 // stages that keep their own JetStream state (the health stage's key-value
 // bucket). Close still owns the connection.
 func (q *Queue) JetStream() jetstream.JetStream { return q.js }
+
+// Conn returns the queue's NATS connection, for stages that publish
+// fire-and-forget records to a stream of their own (the delivery log).
+// Close still owns the connection.
+func (q *Queue) Conn() *nats.Conn { return q.nc }
+
+// Replicas is the replica count of the queue's streams, for stages that
+// create streams of their own.
+func (q *Queue) Replicas() int { return q.cfg.Replicas }
