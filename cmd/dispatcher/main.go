@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -32,6 +33,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -39,6 +41,8 @@ import (
 	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/dispatcher/catalog"
 	"github.com/herald-dev/herald/dispatcher/delivery"
+	"github.com/herald-dev/herald/dispatcher/deliveryapi"
+	"github.com/herald-dev/herald/dispatcher/deliverylog"
 	"github.com/herald-dev/herald/dispatcher/health"
 	"github.com/herald-dev/herald/dispatcher/ingest"
 	"github.com/herald-dev/herald/dispatcher/queue"
@@ -69,6 +73,14 @@ type options struct {
 	logLevel       string
 	gcPercent      int
 	memoryLimit    string
+
+	deliveryLog            bool
+	deliveryLogMaxAge      time.Duration
+	deliveryLogMaxBytes    string
+	deliveryLogMaxAttempts int
+	deliveryAPIAddr        string
+	deliveryAPICertFile    string
+	deliveryAPIKeyFile     string
 }
 
 func main() {
@@ -90,6 +102,13 @@ func main() {
 	flag.DurationVar(&o.unmatchedHold, "unmatched-hold", router.DefaultUnmatchedHold, "How long an event that matches no Subscription is held, instead of discarded, while a WebhookEndpoint or Subscription of its namespace is being reconciled (an edit in flight, the manager restarting).")
 	flag.StringVar(&o.namespace, "namespace", envOr("POD_NAMESPACE", heraldv1.DefaultNamespace), "Namespace the dispatcher runs in (defaults to $POD_NAMESPACE): where it renews the status writer's Lease the manager watches.")
 	flag.StringVar(&o.podName, "pod-name", os.Getenv("POD_NAME"), "Name of this replica (defaults to $POD_NAME, else the host name).")
+	flag.BoolVar(&o.deliveryLog, "delivery-log", true, "Keep the delivery log (every attempt of every delivery, served as deliveries.delivery.herald.dev). Off, deliveries are not recorded and the delivery API is not served.")
+	flag.DurationVar(&o.deliveryLogMaxAge, "delivery-log-max-age", deliverylog.DefaultMaxAge, "How long the delivery log keeps a record.")
+	flag.StringVar(&o.deliveryLogMaxBytes, "delivery-log-max-bytes", "1Gi", "Size bound of the delivery log (a quantity such as 1Gi); the oldest records go first.")
+	flag.IntVar(&o.deliveryLogMaxAttempts, "delivery-log-max-attempts", deliverylog.DefaultMaxAttempts, "How many attempts of one delivery the log keeps (the most recent).")
+	flag.StringVar(&o.deliveryAPIAddr, "delivery-api-addr", ":8444", "Address of the delivery API (aggregated API delivery.herald.dev, HTTPS); \"0\" disables it.")
+	flag.StringVar(&o.deliveryAPICertFile, "delivery-api-tls-cert-file", "", "Serving certificate of the delivery API (reloaded when it changes); empty generates a self-signed one for localhost (development only: the APIService must then skip verification).")
+	flag.StringVar(&o.deliveryAPIKeyFile, "delivery-api-tls-key-file", "", "Private key of --delivery-api-tls-cert-file.")
 	flag.StringVar(&o.logLevel, "log-level", "info", "Log level: debug, info, warn or error.")
 	flag.IntVar(&o.gcPercent, "gc-percent", defaultGCPercent, "Go garbage collector target (as GOGC, which overrides it): heap growth in percent between collections. Higher spends less CPU on collection and more memory.")
 	flag.StringVar(&o.memoryLimit, "memory-limit", "", "Soft memory limit of the Go runtime (as GOMEMLIMIT, which overrides it), a Kubernetes quantity such as 460Mi; the collector works harder near it. The manager sets it to 90% of the container's memory limit. Empty for none.")
@@ -213,16 +232,42 @@ func run(ctx context.Context, o options) error {
 			log.Error(err, "Close queue")
 		}
 	}()
+	bucketReplicas := 1
+	if o.natsURL != "" {
+		bucketReplicas = o.streamReplicas
+	}
+
+	var (
+		deliveryLog *deliverylog.Log
+		recorder    delivery.Recorder
+	)
+	if o.deliveryLog {
+		if deliveryLog, err = openDeliveryLog(ctx, o, q, bucketReplicas, log.WithName("deliverylog")); err != nil {
+			return err
+		}
+		recorder = deliveryLog
+		if o.deliveryAPIAddr != "0" {
+			api, err := deliveryapi.New(deliveryapi.Options{
+				Addr:       o.deliveryAPIAddr,
+				CertFile:   o.deliveryAPICertFile,
+				KeyFile:    o.deliveryAPIKeyFile,
+				CertDir:    filepath.Join(os.TempDir(), "herald-delivery-api"),
+				Kubeconfig: kubeconfigPath(),
+			}, deliveryLog)
+			if err != nil {
+				return err
+			}
+			if err := mgr.Add(manager.RunnableFunc(api.Run)); err != nil {
+				return err
+			}
+		}
+	}
 
 	cat := catalog.New(mgr.GetCache(), log.WithName("catalog"))
 	if err := cat.Start(ctx); err != nil {
 		return err
 	}
 
-	bucketReplicas := 1
-	if o.natsURL != "" {
-		bucketReplicas = o.streamReplicas
-	}
 	reporter, err := health.NewReporter(health.Options{
 		BucketReplicas: bucketReplicas,
 		Client:         mgr.GetClient(),
@@ -241,6 +286,7 @@ func run(ctx context.Context, o options) error {
 	deliveries, err := delivery.NewManager(delivery.Options{
 		Queue:        q,
 		Reporter:     reporter,
+		Log:          recorder,
 		Registerer:   metrics.Registry,
 		Logger:       log.WithName("delivery"),
 		Version:      version,
@@ -324,6 +370,39 @@ func run(ctx context.Context, o options) error {
 
 	log.Info("Starting dispatcher", "mode", modeOf(o), "ingest", o.ingestAddr, "allowedCIDRs", o.allowedCIDRs, "insecureIngest", o.insecureIngest)
 	return mgr.Start(ctx)
+}
+
+// kubeconfigPath is the kubeconfig file ctrl.GetConfig reads, if any: the
+// --kubeconfig flag, else $KUBECONFIG; empty in a cluster.
+func kubeconfigPath() string {
+	if f := flag.Lookup("kubeconfig"); f != nil && f.Value.String() != "" {
+		return f.Value.String()
+	}
+	return os.Getenv("KUBECONFIG")
+}
+
+// openDeliveryLog opens the delivery log with the --delivery-log-* flags.
+func openDeliveryLog(ctx context.Context, o options, q *queue.Queue, replicas int, log logr.Logger) (*deliverylog.Log, error) {
+	maxBytes, err := resource.ParseQuantity(o.deliveryLogMaxBytes)
+	if err != nil || maxBytes.Sign() <= 0 {
+		return nil, fmt.Errorf("--delivery-log-max-bytes: %q is not a positive quantity such as 1Gi", o.deliveryLogMaxBytes)
+	}
+	if o.deliveryLogMaxAge <= 0 {
+		return nil, fmt.Errorf("--delivery-log-max-age: %s is not a positive duration", o.deliveryLogMaxAge)
+	}
+	if o.deliveryLogMaxAttempts <= 0 {
+		return nil, fmt.Errorf("--delivery-log-max-attempts: %d is not positive", o.deliveryLogMaxAttempts)
+	}
+	l, err := deliverylog.Open(ctx, q, deliverylog.Config{
+		MaxAge:      o.deliveryLogMaxAge,
+		MaxBytes:    maxBytes.Value(),
+		MaxAttempts: o.deliveryLogMaxAttempts,
+		Replicas:    replicas,
+	}, metrics.Registry, log)
+	if err != nil {
+		return nil, fmt.Errorf("delivery log: %w", err)
+	}
+	return l, nil
 }
 
 func modeOf(o options) string {

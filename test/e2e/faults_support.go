@@ -154,6 +154,7 @@ func startFaultHerald(t *testing.T, bins Binaries) *faultHerald {
 		"--kubeconfig=" + dispatcherKubeconfig,
 		"--store-dir=" + filepath.Join(dir, "jetstream"),
 		"--ingest-addr=127.0.0.1:" + strconv.Itoa(ingestPort),
+		"--delivery-api-addr=0",
 		"--health-addr=127.0.0.1:" + strconv.Itoa(healthPort),
 		"--metrics-addr=0",
 		"--allowed-cidrs=127.0.0.0/8,::1/128",

@@ -25,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	apiregistrationv1 "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
@@ -37,6 +38,7 @@ var Scheme = func() *runtime.Scheme {
 	s := runtime.NewScheme()
 	utilruntime.Must(clientgoscheme.AddToScheme(s))
 	utilruntime.Must(heraldv1.AddToScheme(s))
+	utilruntime.Must(apiregistrationv1.AddToScheme(s))
 	return s
 }()
 
@@ -87,6 +89,9 @@ func StartControlPlane(ctx context.Context, dir string) (*Env, error) {
 		CRDDirectoryPaths:     []string{filepath.Join(root, "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 	}}
+	if err := e.configureFrontProxy(); err != nil {
+		return nil, err
+	}
 	cfg, err := e.env.Start()
 	if err != nil {
 		return nil, fmt.Errorf("start local control plane: %w", err)
@@ -121,6 +126,44 @@ func StartControlPlane(ctx context.Context, dir string) (*Env, error) {
 		return nil, fmt.Errorf("create namespace %s: %w", heraldv1.DefaultNamespace, err)
 	}
 	return e, nil
+}
+
+// frontProxyClient is the common name of the aggregator's client
+// certificate, which extension API servers (the delivery API) trust to
+// tell them who the user is.
+const frontProxyClient = "front-proxy-client"
+
+// configureFrontProxy gives kube-apiserver what the API aggregation layer
+// needs, as kubeadm does: a front-proxy CA and client certificate, and the
+// request headers the aggregator passes the user in. The kube-apiserver
+// publishes them in kube-system/extension-apiserver-authentication, where
+// the delivery API reads them.
+func (e *Env) configureFrontProxy() error {
+	dir := filepath.Join(e.Dir, "front-proxy")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	ca, err := newTestCA("front-proxy-ca")
+	if err != nil {
+		return err
+	}
+	caFile, err := ca.writeCA(dir, "ca")
+	if err != nil {
+		return err
+	}
+	certFile, keyFile, err := ca.issue(dir, "client", frontProxyClient, nil, nil)
+	if err != nil {
+		return err
+	}
+	e.env.ControlPlane.GetAPIServer().Configure().
+		Set("requestheader-client-ca-file", caFile).
+		Set("requestheader-allowed-names", frontProxyClient).
+		Set("requestheader-username-headers", "X-Remote-User").
+		Set("requestheader-group-headers", "X-Remote-Group").
+		Set("requestheader-extra-headers-prefix", "X-Remote-Extra-").
+		Set("proxy-client-cert-file", certFile).
+		Set("proxy-client-key-file", keyFile)
+	return nil
 }
 
 func (e *Env) applyPublisherRole(ctx context.Context) error {

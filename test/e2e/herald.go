@@ -93,6 +93,10 @@ func Start(ctx context.Context, o Options) (*Herald, error) {
 	}
 	h.IngestURL = fmt.Sprintf("http://127.0.0.1:%d", ingestPort)
 	h.healthURL = fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort)
+	api, err := newDeliveryAPI(o.Dir)
+	if err != nil {
+		return nil, err
+	}
 	h.dispatcherArgs = []string{
 		"--store-dir=" + filepath.Join(o.Dir, "jetstream"),
 		"--ingest-addr=127.0.0.1:" + strconv.Itoa(ingestPort),
@@ -103,7 +107,15 @@ func Start(ctx context.Context, o Options) (*Herald, error) {
 		"--drain-timeout=10s",
 		"--pod-name=dispatcher-0",
 	}
+	h.dispatcherArgs = append(h.dispatcherArgs, api.dispatcherArgs()...)
 	if err := h.StartDispatcher(ctx); err != nil {
+		return nil, err
+	}
+	say("registering the delivery API (delivery.herald.dev) with the aggregator")
+	if err := api.register(ctx, env); err != nil {
+		return nil, err
+	}
+	if err := api.waitAvailable(ctx, env); err != nil {
 		return nil, err
 	}
 	ok = true
