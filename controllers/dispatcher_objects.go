@@ -90,6 +90,27 @@ const (
 	// Volume names.
 	tmpVolumeName   = "tmp"
 	storeVolumeName = "jetstream"
+
+	// Keys of the Secrets named by the --dispatcher-nats-*-secret flags.
+	// The TLS keys are those of kubernetes.io/tls Secrets and cert-manager.
+
+	// NATSCredentialsKey holds a .creds file (user JWT and NKey seed).
+	NATSCredentialsKey = "nats.creds"
+	// NATSNKeySeedKey holds the seed of an NKey user.
+	NATSNKeySeedKey = "nkey.seed"
+	// NATSCAKey holds the PEM certificates of the CA that signs the NATS
+	// server's certificate.
+	NATSCAKey = "ca.crt"
+
+	// natsSecretsDir is where the NATS Secrets are mounted, one directory
+	// each.
+	natsSecretsDir = "/etc/herald/nats"
+	// natsSecretMode makes the files readable by their owner (root) and
+	// group only. The kubelet gives a Secret volume's files the pod's
+	// fsGroup as group and adds group read (it would turn 0400 into 0440),
+	// so the non-root dispatcher reads them through the group; 0440 says
+	// so.
+	natsSecretMode = 0o440
 )
 
 // Log levels the dispatcher accepts.
@@ -109,7 +130,18 @@ type DispatcherConfig struct {
 	Replicas int
 	// NATSURL of an external NATS JetStream cluster (comma-separated server
 	// URLs). Empty runs an embedded JetStream server on a PersistentVolume.
+	// It must not carry credentials: they would stand in the Deployment.
 	NATSURL string
+	// NATSCredentialsSecret names a Secret in Namespace whose key
+	// NATSCredentialsKey is the .creds file of the external NATS user.
+	NATSCredentialsSecret string
+	// NATSNKeySecret names a Secret in Namespace whose key NATSNKeySeedKey
+	// is the seed of the external NATS NKey user.
+	NATSNKeySecret string
+	// NATSTLSSecret names a Secret in Namespace with the CA (NATSCAKey),
+	// client certificate and key (tls.crt, tls.key) for a NATS server that
+	// verifies clients, as cert-manager writes them.
+	NATSTLSSecret string
 	// StorageSize of the embedded JetStream PersistentVolumeClaim.
 	StorageSize string
 	// StorageClass of the embedded JetStream PersistentVolumeClaim; empty
@@ -171,6 +203,15 @@ func (c *DispatcherConfig) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.NATSURL, "dispatcher-nats-url", d.NATSURL,
 		"URL(s) of an external NATS JetStream cluster, comma-separated. "+
 			"Empty runs an embedded JetStream server on a PersistentVolume.")
+	fs.StringVar(&c.NATSCredentialsSecret, "dispatcher-nats-credentials-secret", d.NATSCredentialsSecret,
+		"Secret in --dispatcher-namespace whose key "+NATSCredentialsKey+" is the .creds file (user JWT and NKey seed) "+
+			"the dispatcher authenticates to --dispatcher-nats-url with.")
+	fs.StringVar(&c.NATSNKeySecret, "dispatcher-nats-nkey-secret", d.NATSNKeySecret,
+		"Secret in --dispatcher-namespace whose key "+NATSNKeySeedKey+" is the seed of the NKey user "+
+			"the dispatcher authenticates to --dispatcher-nats-url with.")
+	fs.StringVar(&c.NATSTLSSecret, "dispatcher-nats-tls-secret", d.NATSTLSSecret,
+		"Secret in --dispatcher-namespace with keys "+NATSCAKey+", "+corev1.TLSCertKey+" and "+corev1.TLSPrivateKeyKey+
+			" (as cert-manager writes them): the CA of the NATS servers and the dispatcher's client certificate.")
 	fs.StringVar(&c.StorageSize, "dispatcher-storage-size", d.StorageSize,
 		"Size of the embedded JetStream PersistentVolumeClaim.")
 	fs.StringVar(&c.StorageClass, "dispatcher-storage-class", d.StorageClass,
@@ -259,13 +300,7 @@ func (c DispatcherConfig) Validate() error {
 		errs.add("dispatcher-replicas", "must be at least 1, got %d", c.Replicas)
 	}
 
-	if c.NATSURL != "" {
-		for server := range strings.SplitSeq(c.NATSURL, ",") {
-			if err := validateNATSURL(strings.TrimSpace(server)); err != nil {
-				errs.add("dispatcher-nats-url", "%v", err)
-			}
-		}
-	}
+	c.validateNATS(&errs)
 
 	for _, cidr := range c.AllowedCIDRs {
 		if _, err := netip.ParsePrefix(cidr); err != nil {
@@ -371,22 +406,117 @@ func (c DispatcherConfig) validatePorts(errs *flagErrors) {
 	}
 }
 
+// validateNATS checks the external NATS flags: the server URLs, and the
+// Secrets, which only an external NATS uses.
+func (c DispatcherConfig) validateNATS(errs *flagErrors) {
+	if c.NATSURL != "" {
+		for server := range strings.SplitSeq(c.NATSURL, ",") {
+			if err := validateNATSURL(strings.TrimSpace(server)); err != nil {
+				errs.add("dispatcher-nats-url", "%v", err)
+			}
+		}
+	}
+	for _, m := range natsSecretMounts(c) {
+		switch {
+		case m.secret == "":
+		case c.Embedded():
+			errs.add(m.flag, "is for an external NATS: set --dispatcher-nats-url too, or leave it empty")
+		default:
+			if msgs := validation.IsDNS1123Subdomain(m.secret); len(msgs) > 0 {
+				errs.add(m.flag, "%q is not a valid Secret name: %s", m.secret, strings.Join(msgs, "; "))
+			}
+		}
+	}
+	if c.NATSCredentialsSecret != "" && c.NATSNKeySecret != "" {
+		errs.add("dispatcher-nats-nkey-secret", "set it or --dispatcher-nats-credentials-secret, not both: "+
+			"a .creds file carries its own seed")
+	}
+}
+
 // validateNATSURL checks one server URL of --dispatcher-nats-url. Errors
-// show the URL without its password: it may carry credentials.
+// never show the URL's user part: it may be a token.
 func validateNATSURL(server string) error {
 	u, err := url.Parse(server)
 	if err != nil {
 		return errors.New("a server is not a valid URL (want for example nats://nats.nats.svc:4222)")
 	}
+	if u.User != nil {
+		u.User = nil
+		return fmt.Errorf("%q carries a user, password or token, which would stand in the dispatcher Deployment "+
+			"for anyone who can read it: remove it and put the credentials in a Secret named by "+
+			"--dispatcher-nats-credentials-secret, --dispatcher-nats-nkey-secret or --dispatcher-nats-tls-secret", u.String())
+	}
 	switch u.Scheme {
 	case "nats", "tls", "ws", "wss":
 	default:
-		return fmt.Errorf("%q must use the nats, tls, ws or wss scheme", u.Redacted())
+		return fmt.Errorf("%q must use the nats, tls, ws or wss scheme", u.String())
 	}
 	if u.Hostname() == "" {
-		return fmt.Errorf("%q has no host", u.Redacted())
+		return fmt.Errorf("%q has no host", u.String())
 	}
 	return nil
+}
+
+// natsSecretMount is a Secret with external NATS credentials, mounted
+// read-only into the dispatcher and passed to it as file paths: the values
+// never appear in the Deployment.
+type natsSecretMount struct {
+	flag   string // the manager flag that names the Secret
+	secret string // the Secret's name; empty when the flag is not set
+	volume string // the pod's volume name
+	// files maps each key of the Secret to the dispatcher flag that takes
+	// its path. Every key is required: the kubelet does not start the pod
+	// while one is missing and says which in a FailedMount event.
+	files []natsSecretFile
+}
+
+type natsSecretFile struct{ key, dispatcherFlag string }
+
+// natsSecretMounts lists the NATS Secrets, whether set or not.
+func natsSecretMounts(c DispatcherConfig) []natsSecretMount {
+	return []natsSecretMount{
+		{"dispatcher-nats-credentials-secret", c.NATSCredentialsSecret, "nats-credentials",
+			[]natsSecretFile{{NATSCredentialsKey, "nats-creds-file"}}},
+		{"dispatcher-nats-nkey-secret", c.NATSNKeySecret, "nats-nkey",
+			[]natsSecretFile{{NATSNKeySeedKey, "nats-nkey-seed-file"}}},
+		{"dispatcher-nats-tls-secret", c.NATSTLSSecret, "nats-tls", []natsSecretFile{
+			{NATSCAKey, "nats-tls-ca-file"},
+			{corev1.TLSCertKey, "nats-tls-cert-file"},
+			{corev1.TLSPrivateKeyKey, "nats-tls-key-file"},
+		}},
+	}
+}
+
+// natsSecretMountsInUse are the NATS Secrets the dispatcher mounts: those
+// set, with an external NATS.
+func natsSecretMountsInUse(c DispatcherConfig) []natsSecretMount {
+	if c.Embedded() {
+		return nil
+	}
+	return slices.DeleteFunc(natsSecretMounts(c), func(m natsSecretMount) bool { return m.secret == "" })
+}
+
+func (m natsSecretMount) dir() string { return path.Join(natsSecretsDir, m.volume) }
+
+func (m natsSecretMount) podVolume() corev1.Volume {
+	items := make([]corev1.KeyToPath, len(m.files))
+	for i, f := range m.files {
+		items[i] = corev1.KeyToPath{Key: f.key, Path: f.key}
+	}
+	return corev1.Volume{Name: m.volume, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+		SecretName:  m.secret,
+		Items:       items,
+		DefaultMode: ptr.To[int32](natsSecretMode),
+		Optional:    ptr.To(false),
+	}}}
+}
+
+func (m natsSecretMount) args() []string {
+	args := make([]string, len(m.files))
+	for i, f := range m.files {
+		args[i] = "--" + f.dispatcherFlag + "=" + path.Join(m.dir(), f.key)
+	}
+	return args
 }
 
 // Hash is a stable hash of the configuration, set on the dispatcher's pod
@@ -623,6 +753,9 @@ func dispatcherArgs(cfg DispatcherConfig) []string {
 		args = append(args, "--store-dir="+cfg.StorePath)
 	} else {
 		args = append(args, "--nats-url="+cfg.NATSURL)
+		for _, m := range natsSecretMountsInUse(cfg) {
+			args = append(args, m.args()...)
+		}
 	}
 	args = append(args, "--audience="+cfg.Audience)
 	if len(cfg.AllowedCIDRs) > 0 {
@@ -701,6 +834,10 @@ func DispatcherDeployment(cfg DispatcherConfig) *appsv1.Deployment {
 			}},
 		})
 		mounts = append(mounts, corev1.VolumeMount{Name: storeVolumeName, MountPath: cfg.StorePath})
+	}
+	for _, m := range natsSecretMountsInUse(cfg) {
+		volumes = append(volumes, m.podVolume())
+		mounts = append(mounts, corev1.VolumeMount{Name: m.volume, MountPath: m.dir(), ReadOnly: true})
 	}
 
 	healthProbe := func(urlPath string) corev1.ProbeHandler {

@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -59,6 +60,15 @@ func externalConfig() DispatcherConfig {
 	return cfg
 }
 
+// externalWithNATSSecrets authenticates with a .creds file and a client
+// certificate.
+func externalWithNATSSecrets() DispatcherConfig {
+	cfg := externalConfig()
+	cfg.NATSCredentialsSecret = "herald-nats-user"
+	cfg.NATSTLSSecret = "herald-nats-client-tls"
+	return cfg
+}
+
 func dispatcherContainer(t *testing.T, d *appsv1.Deployment) corev1.Container {
 	t.Helper()
 	containers := d.Spec.Template.Spec.Containers
@@ -81,6 +91,7 @@ func TestDispatcherPodSecurityRestricted(t *testing.T) {
 	}{
 		{"embedded", embeddedConfig()},
 		{"external", externalConfig()},
+		{"external with NATS Secrets", externalWithNATSSecrets()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := DispatcherDeployment(tc.cfg)
@@ -373,6 +384,8 @@ func TestDispatcherConfigHash(t *testing.T) {
 		{"allowed CIDRs", func(c *DispatcherConfig) { c.AllowedCIDRs = []string{"10.0.0.0/8"} }, true},
 		{"audience", func(c *DispatcherConfig) { c.Audience = "other" }, true},
 		{"nats url", func(c *DispatcherConfig) { c.NATSURL = "nats://nats:4222" }, true},
+		{"nats credentials secret", func(c *DispatcherConfig) { c.NATSCredentialsSecret = "other" }, true},
+		{"nats tls secret", func(c *DispatcherConfig) { c.NATSTLSSecret = "other" }, true},
 		{"log level", func(c *DispatcherConfig) { c.LogLevel = "debug" }, true},
 		{"memory limit", func(c *DispatcherConfig) { c.MemoryLimit = "1Gi" }, true},
 		{"storage size", func(c *DispatcherConfig) { c.StorageSize = "20Gi" }, true},
@@ -416,6 +429,18 @@ func TestDispatcherConfigValidate(t *testing.T) {
 		{"zero replicas", func(c *DispatcherConfig) { c.Replicas = 0 }, "--dispatcher-replicas"},
 		{"http NATS URL", func(c *DispatcherConfig) { c.NATSURL = "http://nats:4222" }, "--dispatcher-nats-url"},
 		{"NATS URL without host", func(c *DispatcherConfig) { c.NATSURL = "nats://" }, "--dispatcher-nats-url"},
+		{"NATS Secrets", func(c *DispatcherConfig) { *c = externalWithNATSSecrets() }, ""},
+		{"NATS NKey Secret", func(c *DispatcherConfig) { c.NATSURL, c.NATSNKeySecret = "nats://a:4222", "nats-seed" }, ""},
+		{"NATS Secret with the embedded server", func(c *DispatcherConfig) { c.NATSTLSSecret = "nats-tls" },
+			"--dispatcher-nats-tls-secret"},
+		{"NATS credentials and NKey Secrets", func(c *DispatcherConfig) {
+			*c = externalWithNATSSecrets()
+			c.NATSNKeySecret = "nats-seed"
+		}, "--dispatcher-nats-nkey-secret"},
+		{"bad NATS Secret name", func(c *DispatcherConfig) {
+			*c = externalWithNATSSecrets()
+			c.NATSCredentialsSecret = "Nats Creds"
+		}, "--dispatcher-nats-credentials-secret"},
 		{"bad storage class", func(c *DispatcherConfig) { c.StorageClass = "Fast SSD" }, "--dispatcher-storage-class"},
 		{"empty audience", func(c *DispatcherConfig) { c.Audience = "" }, "--dispatcher-audience"},
 		{"bad log level", func(c *DispatcherConfig) { c.LogLevel = "verbose" }, "--dispatcher-log-level"},
@@ -435,6 +460,122 @@ func TestDispatcherConfigValidate(t *testing.T) {
 				t.Errorf("want an error naming %s, got none", tc.wantFlag)
 			case tc.wantFlag != "" && !strings.Contains(err.Error(), tc.wantFlag):
 				t.Errorf("want an error naming %s, got %v", tc.wantFlag, err)
+			}
+		})
+	}
+}
+
+// TestDispatcherNATSURLCredentialsRefused checks that the manager refuses
+// credentials in --dispatcher-nats-url, which would stand in the
+// Deployment's arguments, points to the Secret flags, and does not repeat
+// the credentials in its error.
+func TestDispatcherNATSURLCredentialsRefused(t *testing.T) {
+	for _, natsURL := range []string{
+		"nats://herald:s3cr3t@nats:4222",
+		"nats://nats-a:4222,tls://s3cr3t@nats-b:4222",
+	} {
+		cfg := externalConfig()
+		cfg.NATSURL = natsURL
+		err := cfg.Validate()
+		if err == nil {
+			t.Fatalf("%s: want an error, got none", natsURL)
+		}
+		for _, want := range []string{"--dispatcher-nats-url", "--dispatcher-nats-credentials-secret", "--dispatcher-nats-tls-secret"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not mention %s", err, want)
+			}
+		}
+		if strings.Contains(err.Error(), "s3cr3t") || strings.Contains(err.Error(), "herald:") {
+			t.Errorf("error %q repeats the URL's credentials", err)
+		}
+	}
+}
+
+// TestDispatcherNATSSecrets checks that the NATS Secrets are mounted
+// read-only, one key a file, and that the dispatcher gets the files' paths,
+// never their values.
+func TestDispatcherNATSSecrets(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		cfg         DispatcherConfig
+		wantArgs    []string
+		wantVolumes map[string][]string // volume -> Secret name and keys
+	}{
+		{
+			name: "credentials and client certificate",
+			cfg:  externalWithNATSSecrets(),
+			wantArgs: []string{
+				"--nats-creds-file=/etc/herald/nats/nats-credentials/nats.creds",
+				"--nats-tls-ca-file=/etc/herald/nats/nats-tls/ca.crt",
+				"--nats-tls-cert-file=/etc/herald/nats/nats-tls/tls.crt",
+				"--nats-tls-key-file=/etc/herald/nats/nats-tls/tls.key",
+			},
+			wantVolumes: map[string][]string{
+				"nats-credentials": {"herald-nats-user", "nats.creds"},
+				"nats-tls":         {"herald-nats-client-tls", "ca.crt", "tls.crt", "tls.key"},
+			},
+		},
+		{
+			name: "NKey seed",
+			cfg: func() DispatcherConfig {
+				cfg := externalConfig()
+				cfg.NATSNKeySecret = "herald-nats-seed"
+				return cfg
+			}(),
+			wantArgs:    []string{"--nats-nkey-seed-file=/etc/herald/nats/nats-nkey/nkey.seed"},
+			wantVolumes: map[string][]string{"nats-nkey": {"herald-nats-seed", "nkey.seed"}},
+		},
+		{
+			name: "none",
+			cfg:  externalConfig(),
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.cfg.Validate(); err != nil {
+				t.Fatalf("config invalid: %v", err)
+			}
+			d := DispatcherDeployment(tc.cfg)
+			c := dispatcherContainer(t, d)
+
+			var gotArgs []string
+			for _, a := range c.Args {
+				if strings.HasPrefix(a, "--nats-") && !strings.HasPrefix(a, "--nats-url=") {
+					gotArgs = append(gotArgs, a)
+				}
+			}
+			if !slices.Equal(gotArgs, tc.wantArgs) {
+				t.Errorf("NATS file args:\n got %q\nwant %q", gotArgs, tc.wantArgs)
+			}
+
+			gotVolumes := map[string][]string{}
+			for _, v := range d.Spec.Template.Spec.Volumes {
+				if v.Secret == nil {
+					continue
+				}
+				if v.Secret.DefaultMode == nil || *v.Secret.DefaultMode != 0o440 {
+					t.Errorf("volume %s: defaultMode %v, want 0440 (owner and the pod's fsGroup only)", v.Name, v.Secret.DefaultMode)
+				}
+				if v.Secret.Optional == nil || *v.Secret.Optional {
+					t.Errorf("volume %s: the Secret must not be optional", v.Name)
+				}
+				got := []string{v.Secret.SecretName}
+				for _, item := range v.Secret.Items {
+					if item.Path != item.Key || item.Mode != nil {
+						t.Errorf("volume %s: item %+v, want the key as path and the volume's mode", v.Name, item)
+					}
+					got = append(got, item.Key)
+				}
+				gotVolumes[v.Name] = got
+				mount := slices.IndexFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == v.Name })
+				if mount < 0 || !c.VolumeMounts[mount].ReadOnly || c.VolumeMounts[mount].MountPath != "/etc/herald/nats/"+v.Name {
+					t.Errorf("volume %s: want a read-only mount at /etc/herald/nats/%s, got mounts %+v", v.Name, v.Name, c.VolumeMounts)
+				}
+			}
+			if len(tc.wantVolumes) == 0 && len(gotVolumes) == 0 {
+				return
+			}
+			if !reflect.DeepEqual(gotVolumes, tc.wantVolumes) {
+				t.Errorf("Secret volumes:\n got %v\nwant %v", gotVolumes, tc.wantVolumes)
 			}
 		})
 	}
@@ -464,12 +605,16 @@ func TestDispatcherBindFlags(t *testing.T) {
 		"--dispatcher-allowed-cidrs= 10.0.0.0/8 ,fd00::/8,",
 		"--dispatcher-storage-class=fast",
 		"--dispatcher-audience=events",
+		"--dispatcher-nats-credentials-secret=nats-user",
+		"--dispatcher-nats-nkey-secret=nats-seed",
+		"--dispatcher-nats-tls-secret=nats-tls",
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Namespace != "herald" || cfg.NATSURL != "nats://nats:4222" || cfg.Replicas != 3 ||
-		cfg.StorageClass != "fast" || cfg.Audience != "events" ||
+		cfg.StorageClass != "fast" || cfg.Audience != "events" || cfg.NATSCredentialsSecret != "nats-user" ||
+		cfg.NATSNKeySecret != "nats-seed" || cfg.NATSTLSSecret != "nats-tls" ||
 		!slices.Equal(cfg.AllowedCIDRs, []string{"10.0.0.0/8", "fd00::/8"}) {
 		t.Errorf("flags not bound: %+v", cfg)
 	}
@@ -802,6 +947,9 @@ func TestDispatcherEnvtestQueueModeSwitch(t *testing.T) {
 	external := embedded
 	external.NATSURL = "nats://nats:4222"
 	external.Replicas = 3
+	// The API server checks the Secret volumes' modes and items.
+	external.NATSCredentialsSecret = "nats-user"
+	external.NATSTLSSecret = "nats-tls"
 
 	for i, cfg := range []DispatcherConfig{external, embedded, external, embedded} {
 		want := DispatcherDeployment(cfg)

@@ -59,6 +59,7 @@ type options struct {
 	healthAddr     string
 	storeDir       string
 	natsURL        string
+	natsAuth       queue.NATSAuth
 	streamReplicas int
 	syncAlways     bool
 	audience       string
@@ -91,6 +92,11 @@ func main() {
 	flag.StringVar(&o.healthAddr, "health-addr", ":8081", "Address of the /healthz and /readyz probes.")
 	flag.StringVar(&o.storeDir, "store-dir", "", "Directory of the embedded JetStream store (embedded mode; the Deployment mounts its PVC here).")
 	flag.StringVar(&o.natsURL, "nats-url", "", "Comma-separated URLs of an external NATS cluster with JetStream; empty runs JetStream embedded in this process.")
+	flag.StringVar(&o.natsAuth.CredentialsFile, "nats-creds-file", "", "External NATS: .creds file with a user JWT and NKey seed (decentralized JWT authentication).")
+	flag.StringVar(&o.natsAuth.NKeySeedFile, "nats-nkey-seed-file", "", "External NATS: file with the seed of an NKey user. Excludes --nats-creds-file.")
+	flag.StringVar(&o.natsAuth.CAFile, "nats-tls-ca-file", "", "External NATS: PEM CA certificates that verify the server; empty trusts the system roots.")
+	flag.StringVar(&o.natsAuth.CertFile, "nats-tls-cert-file", "", "External NATS: PEM client certificate for servers that verify clients (with --nats-tls-key-file).")
+	flag.StringVar(&o.natsAuth.KeyFile, "nats-tls-key-file", "", "External NATS: PEM private key of --nats-tls-cert-file.")
 	flag.IntVar(&o.streamReplicas, "stream-replicas", 3, "Replicas of Herald's streams in external mode.")
 	flag.BoolVar(&o.syncAlways, "sync-always", false, "Embedded mode: fsync every write before acknowledging (survives power loss, about 10x slower). Acknowledged events survive a process crash either way.")
 	flag.StringVar(&o.audience, "audience", heraldv1.DefaultAudience, "Audience ServiceAccount tokens must carry to publish.")
@@ -182,6 +188,9 @@ func run(ctx context.Context, o options) error {
 	if o.natsURL == "" && o.storeDir == "" {
 		return errors.New("set --store-dir (embedded JetStream) or --nats-url (external NATS)")
 	}
+	if o.natsURL == "" && !o.natsAuth.IsZero() {
+		return errors.New("--nats-creds-file, --nats-nkey-seed-file and --nats-tls-* are for an external NATS: set --nats-url")
+	}
 	if o.podName == "" {
 		o.podName, _ = os.Hostname()
 	}
@@ -215,14 +224,7 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("create manager: %w", err)
 	}
 
-	qcfg := queue.Config{StoreDir: o.storeDir, NATSURL: o.natsURL, ConnectionName: "herald-dispatcher-" + o.podName}
-	if o.natsURL != "" {
-		qcfg.Replicas = o.streamReplicas
-	}
-	if o.syncAlways {
-		qcfg.Sync = queue.SyncAlways
-	}
-	q, err := queue.Open(ctx, qcfg, log.WithName("queue"))
+	q, err := queue.Open(ctx, queueConfig(o, log), log.WithName("queue"))
 	if err != nil {
 		return fmt.Errorf("open queue: %w", err)
 	}
@@ -403,6 +405,24 @@ func openDeliveryLog(ctx context.Context, o options, q *queue.Queue, replicas in
 		return nil, fmt.Errorf("delivery log: %w", err)
 	}
 	return l, nil
+}
+
+// queueConfig is the queue's configuration from the flags.
+func queueConfig(o options, log logr.Logger) queue.Config {
+	cfg := queue.Config{StoreDir: o.storeDir, NATSURL: o.natsURL, Auth: o.natsAuth, ConnectionName: "herald-dispatcher-" + o.podName}
+	if o.natsURL != "" {
+		cfg.Replicas = o.streamReplicas
+	}
+	if o.syncAlways {
+		cfg.Sync = queue.SyncAlways
+	}
+	// Allowed for running the dispatcher by hand; the manager refuses such
+	// a URL, because it would stand in the Deployment's arguments.
+	if queue.URLsCarryUserInfo(o.natsURL) {
+		log.Info("WARNING: --nats-url carries credentials, which anyone who can read this process's arguments " +
+			"or its Deployment can see; use --nats-creds-file, --nats-nkey-seed-file or --nats-tls-cert-file instead")
+	}
+	return cfg
 }
 
 func modeOf(o options) string {

@@ -48,36 +48,11 @@ func startCluster(t *testing.T, n int) []*server.Server {
 	}
 	servers := make([]*server.Server, n)
 	for i := range servers {
-		opts := &server.Options{
-			ServerName: fmt.Sprintf("herald-test-%d", i+1),
-			Host:       "127.0.0.1",
-			Port:       server.RANDOM_PORT,
-			JetStream:  true,
-			StoreDir:   t.TempDir(),
-			NoSigs:     true,
-			NoLog:      true,
-			Cluster: server.ClusterOpts{
-				Name: "herald-test",
-				Host: "127.0.0.1",
-				Port: clusterPorts[i],
-			},
-			Routes: routes,
-		}
-		s, err := server.NewServer(opts)
-		if err != nil {
-			t.Fatalf("create server %d: %v", i+1, err)
-		}
-		s.Start()
-		servers[i] = s
-		t.Cleanup(func() {
-			s.Shutdown()
-			s.WaitForShutdown()
-		})
-	}
-	for i, s := range servers {
-		if !s.ReadyForConnections(10 * time.Second) {
-			t.Fatalf("server %d not ready for connections within 10s", i+1)
-		}
+		opts := loopbackServerOptions(t)
+		opts.ServerName = fmt.Sprintf("herald-test-%d", i+1)
+		opts.Cluster = server.ClusterOpts{Name: "herald-test", Host: "127.0.0.1", Port: clusterPorts[i]}
+		opts.Routes = routes
+		servers[i] = startServer(t, opts)
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -100,6 +75,38 @@ func startCluster(t *testing.T, n int) []*server.Server {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// loopbackServerOptions configures a JetStream server with its own store,
+// listening for clients on a free loopback port.
+func loopbackServerOptions(t *testing.T) *server.Options {
+	return &server.Options{
+		Host:      "127.0.0.1",
+		Port:      server.RANDOM_PORT,
+		JetStream: true,
+		StoreDir:  t.TempDir(),
+		NoSigs:    true,
+		NoLog:     true,
+	}
+}
+
+// startServer starts a server, waits until it accepts clients, and shuts it
+// down when the test ends.
+func startServer(t *testing.T, opts *server.Options) *server.Server {
+	t.Helper()
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatalf("create server %s: %v", opts.ServerName, err)
+	}
+	srv.Start()
+	t.Cleanup(func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	})
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatalf("server %s not ready for connections within 10s", opts.ServerName)
+	}
+	return srv
 }
 
 // TestClusterLosesNothingWhenANodeFails runs the queue in external mode

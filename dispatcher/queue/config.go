@@ -79,9 +79,12 @@ type Config struct {
 	// Empty selects embedded mode.
 	NATSURL string
 
-	// NATSOptions are extra client options for external mode, such as
-	// credentials (nats.UserCredentials) or TLS (nats.RootCAs). They are
-	// applied after Herald's own options.
+	// Auth names the files of the external server's credentials and TLS
+	// material. It must be empty in embedded mode.
+	Auth NATSAuth
+
+	// NATSOptions are extra client options for external mode, applied after
+	// Herald's own options and those of Auth.
 	NATSOptions []nats.Option
 
 	// Replicas is the number of replicas of each stream. In external mode it
@@ -149,6 +152,9 @@ func (c Config) withDefaults() (Config, error) {
 		if c.StoreDir == "" {
 			return c, fmt.Errorf("queue config: StoreDir is required in embedded mode")
 		}
+		if !c.Auth.IsZero() {
+			return c, fmt.Errorf("queue config: Auth is for an external NATS server (NATSURL); the embedded server needs none")
+		}
 		switch c.Replicas {
 		case 0:
 			c.Replicas = 1
@@ -156,8 +162,13 @@ func (c Config) withDefaults() (Config, error) {
 		default:
 			return c, fmt.Errorf("queue config: Replicas must be 1 in embedded mode, got %d", c.Replicas)
 		}
-	} else if c.Replicas == 0 {
-		c.Replicas = DefaultReplicasExternal
+	} else {
+		if err := c.Auth.validate(c.NATSURL); err != nil {
+			return c, err
+		}
+		if c.Replicas == 0 {
+			c.Replicas = DefaultReplicasExternal
+		}
 	}
 	if c.Replicas < 1 || c.Replicas > 5 {
 		return c, fmt.Errorf("queue config: Replicas must be between 1 and 5, got %d", c.Replicas)

@@ -112,6 +112,10 @@ func Open(ctx context.Context, cfg Config, log logr.Logger) (*Queue, error) {
 		url = nats.DefaultURL // not dialled: the in-process connection is used
 		opts = append(opts, nats.InProcessServer(srv))
 	} else {
+		authOpts, err := cfg.Auth.options()
+		if err != nil {
+			return nil, err
+		}
 		opts = append(opts,
 			// Keep reconnecting to any URL of the cluster for as long as the
 			// process runs: publishes retry within their context meanwhile,
@@ -120,6 +124,7 @@ func Open(ctx context.Context, cfg Config, log logr.Logger) (*Queue, error) {
 			nats.ReconnectWait(250*time.Millisecond),
 			nats.ReconnectJitter(100*time.Millisecond, time.Second),
 		)
+		opts = append(opts, authOpts...)
 		opts = append(opts, cfg.NATSOptions...)
 	}
 
