@@ -8,6 +8,10 @@ GOLANGCI_LINT_VERSION ?= v2.15.0
 LOCALBIN ?= $(CURDIR)/bin
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
+# openapi-gen at the kube-openapi version go.mod pins (the delivery API's
+# OpenAPI definitions must match the apiserver library that serves them).
+KUBE_OPENAPI_VERSION ?= $(shell go list -m -f '{{.Version}}' k8s.io/kube-openapi)
+OPENAPI_GEN ?= $(LOCALBIN)/openapi-gen-$(KUBE_OPENAPI_VERSION)
 # etcd, kube-apiserver and kubectl for envtest, the e2e test and the demo.
 ENVTEST_ASSETS ?= $(LOCALBIN)/k8s
 KUBECTL ?= $(ENVTEST_ASSETS)/kubectl
@@ -36,8 +40,13 @@ manifests: controller-gen ## Generate CRDs and RBAC from the API types and kubeb
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
 
 .PHONY: generate
-generate: controller-gen ## Generate DeepCopy methods.
+generate: controller-gen openapi-gen ## Generate DeepCopy methods and the delivery API's OpenAPI definitions.
 	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./api/..."
+	$(OPENAPI_GEN) --output-file zz_generated.openapi.go --output-dir dispatcher/deliveryapi/openapi \
+		--output-pkg github.com/herald-dev/herald/dispatcher/deliveryapi/openapi \
+		--go-header-file hack/boilerplate.go.txt --report-filename /dev/null \
+		github.com/herald-dev/herald/api/delivery/v1alpha1 k8s.io/apimachinery/pkg/apis/meta/v1 \
+		k8s.io/apimachinery/pkg/runtime k8s.io/apimachinery/pkg/version
 
 .PHONY: verify-generated
 verify-generated: ## Fail when committed CRDs, RBAC or deepcopy are stale (they are regenerated in place).
@@ -101,6 +110,13 @@ $(CONTROLLER_GEN):
 	@mkdir -p $(LOCALBIN)
 	GOBIN=$(LOCALBIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
 	@mv $(LOCALBIN)/controller-gen $@
+
+.PHONY: openapi-gen
+openapi-gen: $(OPENAPI_GEN) ## Build the pinned openapi-gen into bin/.
+$(OPENAPI_GEN):
+	@mkdir -p $(LOCALBIN)
+	GOBIN=$(LOCALBIN) go install k8s.io/kube-openapi/cmd/openapi-gen@$(KUBE_OPENAPI_VERSION)
+	@mv $(LOCALBIN)/openapi-gen $@
 
 .PHONY: golangci-lint
 golangci-lint: $(GOLANGCI_LINT) ## Build the pinned golangci-lint into bin/.

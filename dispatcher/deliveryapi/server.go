@@ -16,11 +16,13 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apiserver/pkg/registry/rest"
+	openapinamer "k8s.io/apiserver/pkg/endpoints/openapi"
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	genericoptions "k8s.io/apiserver/pkg/server/options"
 	utilcompatibility "k8s.io/apiserver/pkg/util/compatibility"
 
 	deliveryv1 "github.com/herald-dev/herald/api/delivery/v1alpha1"
+	"github.com/herald-dev/herald/dispatcher/deliveryapi/openapi"
 )
 
 // Options configure the API server.
@@ -86,6 +88,13 @@ func New(opts Options, log Log) (*Server, error) {
 		return nil, fmt.Errorf("delivery API: delegated authorization: %w", err)
 	}
 	cfg.EffectiveVersion = utilcompatibility.DefaultBuildEffectiveVersion()
+	// OpenAPI for `kubectl explain` and for the server-side apply type
+	// converter the generic server builds for every resource.
+	namer := openapinamer.NewDefinitionNamer(Scheme)
+	cfg.OpenAPIConfig = genericapiserver.DefaultOpenAPIConfig(openapi.GetOpenAPIDefinitions, namer)
+	cfg.OpenAPIConfig.Info.Title, cfg.OpenAPIConfig.Info.Version = "Herald delivery log", deliveryv1.SchemeGroupVersion.Version
+	cfg.OpenAPIV3Config = genericapiserver.DefaultOpenAPIV3Config(openapi.GetOpenAPIDefinitions, namer)
+	cfg.OpenAPIV3Config.Info.Title, cfg.OpenAPIV3Config.Info.Version = "Herald delivery log", deliveryv1.SchemeGroupVersion.Version
 	// The dispatcher exports its own metrics; the generic server's
 	// would land in a second registry nobody scrapes.
 	cfg.EnableMetrics = false

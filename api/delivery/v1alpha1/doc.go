@@ -5,5 +5,6 @@
 // deliveries unchanged.
 // +kubebuilder:skip
 // +kubebuilder:object:generate=true
+// +k8s:openapi-gen=true
 // +groupName=delivery.herald.dev
 package v1alpha1
