@@ -147,6 +147,14 @@ func run(ctx context.Context) error {
 		return err
 	}
 	fmt.Print(indent(out))
+	// Why did legacy-crm fail? The delivery log answers, through the
+	// kube-apiserver's aggregator: each delivery, its phase and attempts.
+	out, err = h.Kubectl(ctx, "get", "deliveries", "-n", namespace, "-l", "herald.dev/endpoint=legacy-crm")
+	if err != nil {
+		return err
+	}
+	say("kubectl get deliveries -n %s -l herald.dev/endpoint=legacy-crm", namespace)
+	fmt.Print(out)
 	say("tour finished in %s", time.Since(start).Round(time.Second))
 
 	if os.Getenv("DEMO_KEEP") == "1" {
