@@ -21,6 +21,7 @@ type Results struct {
 
 	Baseline      *BaselineResult  `json:"baseline,omitempty"`
 	FanOut1       *FanOutResult    `json:"fanout1,omitempty"`
+	FanOut1NoLog  *FanOutResult    `json:"fanout1NoLog,omitempty"`
 	FanOut10      *FanOutResult    `json:"fanout10,omitempty"`
 	Isolation     *IsolationResult `json:"isolation,omitempty"`
 	Kill          *KillResult      `json:"sigkill,omitempty"`
@@ -127,6 +128,14 @@ func (res *Results) evaluateTargets() {
 			add("p99 at 1,000 events/s (fan-out 1)", "≤ 25 ms", fmt.Sprintf("%.1f ms (p50 %.1f, p99.9 %.1f)", s.Latency.P99, s.Latency.P50, s.Latency.P999), b(s.Latency.P99 <= 25 && s.Ledger.Void == ""), quickNote)
 		}
 	}
+	if on, off := res.FanOut1, res.FanOut1NoLog; on != nil && off != nil && off.KneeRate > 0 {
+		cost := 1 - on.KneeRate/off.KneeRate
+		value := fmt.Sprintf("%.1f%% (knee %.0f events/s with the log, %.0f without)", 100*cost, on.KneeRate, off.KneeRate)
+		if k, k0 := on.Knee(), off.Knee(); k != nil && k0 != nil {
+			value += fmt.Sprintf("; CPU per 1,000 deliveries at the knee %.3f s with, %.3f s without", k.CPUPer1000, k0.CPUPer1000)
+		}
+		add("delivery log cost at the fan-out 1 knee", "≤ 15%", value, b(cost <= 0.15), quickNote)
+	}
 	if f := res.FanOut10; f != nil {
 		add("fan-out 10 ratio to baseline", "(reported)", fmt.Sprintf("%.3f (%.0f deliveries/s at %.0f events/s)", f.Ratio, f.KneeDeliveredPerSec, f.KneeRate), nil, quickNote)
 	}
@@ -190,7 +199,7 @@ func (res *Results) Markdown() string {
 	for _, f := range []struct {
 		title string
 		r     *FanOutResult
-	}{{"Fan-out 1", res.FanOut1}, {"Fan-out 10", res.FanOut10}} {
+	}{{"Fan-out 1", res.FanOut1}, {"Fan-out 1 without the delivery log", res.FanOut1NoLog}, {"Fan-out 10", res.FanOut10}} {
 		if f.r == nil {
 			continue
 		}

@@ -29,6 +29,9 @@ import (
 const (
 	ScenarioBaseline      = "baseline"
 	ScenarioFanOut1       = "fanout1"
+	// ScenarioFanOut1NoLog is fan-out 1 with the delivery log off, for the
+	// log's cost measured in the same run.
+	ScenarioFanOut1NoLog = "fanout1-nolog"
 	ScenarioFanOut10      = "fanout10"
 	ScenarioIsolation     = "isolation"
 	ScenarioKill          = "sigkill"
@@ -36,7 +39,7 @@ const (
 )
 
 // AllScenarios is the full run.
-var AllScenarios = []string{ScenarioBaseline, ScenarioFanOut1, ScenarioFanOut10, ScenarioIsolation, ScenarioKill, ScenarioEndpoints1000}
+var AllScenarios = []string{ScenarioBaseline, ScenarioFanOut1, ScenarioFanOut1NoLog, ScenarioFanOut10, ScenarioIsolation, ScenarioKill, ScenarioEndpoints1000}
 
 // Config configures a benchmark run.
 type Config struct {
@@ -192,6 +195,10 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		switch name {
 		case ScenarioFanOut1:
 			r.results.FanOut1, err = r.fanOut(ctx, "bench-fanout1", 1, 1000, r.p.fanOut1Steps, "fanout1")
+		case ScenarioFanOut1NoLog:
+			r.results.FanOut1NoLog, err = r.withoutDeliveryLog(ctx, func() (*FanOutResult, error) {
+				return r.fanOut(ctx, "bench-fanout1-nolog", 1, 1000, r.p.fanOut1Steps, "")
+			})
 		case ScenarioFanOut10:
 			r.results.FanOut10, err = r.fanOut(ctx, "bench-fanout10", 10, 200, r.p.fanOut10Steps, "")
 		case ScenarioIsolation:
@@ -214,6 +221,21 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	r.results.DurationSeconds = time.Since(began).Seconds()
 	r.results.evaluateTargets()
 	return r.results, nil
+}
+
+// withoutDeliveryLog runs fn with the dispatcher restarted with
+// --delivery-log=false, then restarts it with the log on again.
+func (r *Runner) withoutDeliveryLog(ctx context.Context, fn func() (*FanOutResult, error)) (*FanOutResult, error) {
+	r.say("  restarting the dispatcher without the delivery log")
+	if err := r.h.RestartDispatcher(ctx, "--delivery-log=false"); err != nil {
+		return nil, err
+	}
+	res, err := fn()
+	r.say("  restarting the dispatcher with the delivery log")
+	if rerr := r.h.RestartDispatcher(ctx); rerr != nil && err == nil {
+		err = rerr
+	}
+	return res, err
 }
 
 // baselineConcurrency matches the dispatcher's default maxInFlight per

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -136,6 +137,23 @@ func (h *Herald) StartManager(ctx context.Context) error {
 // waits until it is ready.
 func (h *Herald) StartDispatcher(ctx context.Context) error {
 	p, err := h.StartProcess("dispatcher", h.Bins.Dispatcher, h.dispatcherArgs...)
+	if err != nil {
+		return err
+	}
+	h.Dispatcher = p
+	return waitReady(ctx, h.healthURL, p)
+}
+
+// RestartDispatcher stops the dispatcher gracefully and starts it again on
+// the same store with extra arguments after its usual ones (a later flag
+// wins), waiting until it is ready.
+func (h *Herald) RestartDispatcher(ctx context.Context, extra ...string) error {
+	if h.Dispatcher != nil {
+		if err := h.Dispatcher.Stop(30 * time.Second); err != nil {
+			return fmt.Errorf("stop the dispatcher: %w", err)
+		}
+	}
+	p, err := h.StartProcess("dispatcher", h.Bins.Dispatcher, append(slices.Clone(h.dispatcherArgs), extra...)...)
 	if err != nil {
 		return err
 	}
