@@ -27,11 +27,11 @@ import (
 
 // Scenario names, in the order a full run executes them.
 const (
-	ScenarioBaseline      = "baseline"
-	ScenarioFanOut1       = "fanout1"
+	ScenarioBaseline = "baseline"
+	ScenarioFanOut1  = "fanout1"
 	// ScenarioFanOut1NoLog is fan-out 1 with the delivery log off, for the
 	// log's cost measured in the same run.
-	ScenarioFanOut1NoLog = "fanout1-nolog"
+	ScenarioFanOut1NoLog  = "fanout1-nolog"
 	ScenarioFanOut10      = "fanout10"
 	ScenarioIsolation     = "isolation"
 	ScenarioKill          = "sigkill"
