@@ -35,9 +35,11 @@ help: ## Show this help.
 ##@ Development
 
 .PHONY: manifests
-manifests: controller-gen ## Generate CRDs and RBAC from the API types and kubebuilder markers.
+manifests: controller-gen ## Generate CRDs and RBAC (manager and dispatcher) from the API types and kubebuilder markers.
 	$(CONTROLLER_GEN) rbac:roleName=herald-manager crd paths="./api/..." paths="./controllers/..." \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+	$(CONTROLLER_GEN) rbac:roleName=herald-dispatcher paths="./dispatcher/rbac/..." \
+		output:rbac:artifacts:config=config/rbac/dispatcher
 
 .PHONY: generate
 generate: controller-gen openapi-gen ## Generate DeepCopy methods and the delivery API's OpenAPI definitions.

@@ -23,7 +23,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -43,27 +43,22 @@ import (
 	heraldv1alpha1 "github.com/herald-dev/herald/api/v1alpha1"
 )
 
-// The manager creates and repairs the dispatcher's objects.
-// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch
-// +kubebuilder:rbac:groups="",resources=services;serviceaccounts,verbs=get;list;watch;create;update;patch
-// +kubebuilder:rbac:groups="",resources=persistentvolumeclaims,verbs=get;list;watch;create;update;patch
-// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles,verbs=get;list;watch;create;update;patch
-// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterrolebindings,verbs=get;list;watch
-// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterrolebindings,verbs=create;update;patch
+// The manager creates and repairs the dispatcher's objects, all of them in
+// the dispatcher's namespace: a Role there, not a ClusterRole, and the
+// manager's cache watches these kinds only there (DispatcherCacheOptions).
+// Every write is a server-side apply (patch, and create for an object that
+// does not exist yet); create cannot be limited to a name, patch can. The
+// dispatcher's RBAC ships in config/rbac (dispatcher/rbac/rbac.go), so the
+// manager neither writes RBAC objects nor needs to hold what they grant.
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create,namespace=herald-system
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=patch,namespace=herald-system,resourceNames=herald-dispatcher
+// +kubebuilder:rbac:groups="",resources=services;serviceaccounts;persistentvolumeclaims,verbs=get;list;watch;create,namespace=herald-system
+// +kubebuilder:rbac:groups="",resources=services;serviceaccounts;persistentvolumeclaims,verbs=patch,namespace=herald-system,resourceNames=herald-dispatcher
+// The dispatcher's egress NetworkPolicy (--dispatcher-network-policy).
+// +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create,namespace=herald-system
+// +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=patch,namespace=herald-system,resourceNames=herald-dispatcher
 
-// RBAC escalation prevention: the manager may only grant what it holds, so it
-// holds every permission of DispatcherClusterRole (rather than the broader
-// bind/escalate verbs).
-// +kubebuilder:rbac:groups=herald.dev,resources=webhookendpoints;subscriptions,verbs=get;list;watch
-// +kubebuilder:rbac:groups=herald.dev,resources=webhookendpoints/status;subscriptions/status,verbs=get;patch
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get
-// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
-// +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
-// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=create
-// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;update,resourceNames=herald-dispatcher-status
-
-// DispatcherReconciler keeps the dispatcher's ServiceAccount, RBAC, Service,
+// DispatcherReconciler keeps the dispatcher's ServiceAccount, Service,
 // storage and Deployment as DispatcherObjects describes them, and puts them
 // back when someone edits or deletes them. There is no custom resource for
 // the dispatcher: its configuration comes from the manager's flags, so every
@@ -163,16 +158,17 @@ func (r *DispatcherReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		predicate.AnnotationChangedPredicate{},
 	))
 
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("dispatcher").
 		Watches(&appsv1.Deployment{}, toDispatcher, deploymentChanged).
 		Watches(&corev1.Service{}, toDispatcher, owned).
 		Watches(&corev1.ServiceAccount{}, toDispatcher, owned).
 		Watches(&corev1.PersistentVolumeClaim{}, toDispatcher, owned).
-		Watches(&rbacv1.ClusterRole{}, toDispatcher, owned).
-		Watches(&rbacv1.ClusterRoleBinding{}, toDispatcher, owned).
-		WatchesRawSource(source.Func(r.enqueueAtStart)).
-		Complete(r)
+		WatchesRawSource(source.Func(r.enqueueAtStart))
+	if r.Config.NetworkPolicy {
+		b = b.Watches(&networkingv1.NetworkPolicy{}, toDispatcher, owned)
+	}
+	return b.Complete(r)
 }
 
 // enqueueAtStart is the start-up source: it enqueues the fixed request once,
@@ -185,7 +181,7 @@ func (r *DispatcherReconciler) enqueueAtStart(
 }
 
 // dispatcherObjectPredicate passes events of objects labelled as the
-// dispatcher's, in the dispatcher's namespace or cluster-scoped. An update
+// dispatcher's, in the dispatcher's namespace. An update
 // passes when either version carries the label, so removing the label is
 // drift that gets repaired too.
 func (r *DispatcherReconciler) dispatcherObjectPredicate() predicate.Predicate {
@@ -193,7 +189,7 @@ func (r *DispatcherReconciler) dispatcherObjectPredicate() predicate.Predicate {
 		if obj == nil || obj.GetLabels()[heraldv1alpha1.NameLabel] != heraldv1alpha1.DispatcherName {
 			return false
 		}
-		return obj.GetNamespace() == "" || obj.GetNamespace() == r.Config.Namespace
+		return obj.GetNamespace() == r.Config.Namespace
 	}
 	return predicate.Funcs{
 		CreateFunc: func(e event.CreateEvent) bool { return isDispatcherObject(e.Object) },
@@ -206,26 +202,28 @@ func (r *DispatcherReconciler) dispatcherObjectPredicate() predicate.Predicate {
 }
 
 // DispatcherCacheOptions restricts the manager's cache for the dispatcher's
-// object kinds to the dispatcher's own objects (by label, and by namespace
-// for namespaced kinds). Without it, the watches of DispatcherReconciler
-// cache every Deployment, Service, ServiceAccount, PVC, ClusterRole and
-// ClusterRoleBinding in the cluster. Merge it into cache.Options.ByObject.
+// object kinds to the dispatcher's own objects: by label, and to the
+// dispatcher's namespace. The manager may list and watch these kinds only
+// there (a Role, not a ClusterRole), so without it the informers of
+// DispatcherReconciler would be refused and never sync. Merge it into
+// cache.Options.ByObject.
 //
 // With this cache, removing the label from an object looks like its deletion
 // to the manager; the reconciler then re-applies it, label included.
 func DispatcherCacheOptions(cfg DispatcherConfig) map[client.Object]cache.ByObject {
 	selector := labels.SelectorFromSet(labels.Set{heraldv1alpha1.NameLabel: heraldv1alpha1.DispatcherName})
-	namespaced := cache.ByObject{
+	inNamespace := cache.ByObject{
 		Label:      selector,
 		Namespaces: map[string]cache.Config{cfg.Namespace: {}},
 	}
-	clusterScoped := cache.ByObject{Label: selector}
-	return map[client.Object]cache.ByObject{
-		&appsv1.Deployment{}:            namespaced,
-		&corev1.Service{}:               namespaced,
-		&corev1.ServiceAccount{}:        namespaced,
-		&corev1.PersistentVolumeClaim{}: namespaced,
-		&rbacv1.ClusterRole{}:           clusterScoped,
-		&rbacv1.ClusterRoleBinding{}:    clusterScoped,
+	byObject := map[client.Object]cache.ByObject{
+		&appsv1.Deployment{}:            inNamespace,
+		&corev1.Service{}:               inNamespace,
+		&corev1.ServiceAccount{}:        inNamespace,
+		&corev1.PersistentVolumeClaim{}: inNamespace,
 	}
+	if cfg.NetworkPolicy {
+		byObject[&networkingv1.NetworkPolicy{}] = inNamespace
+	}
+	return byObject
 }

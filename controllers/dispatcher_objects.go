@@ -33,7 +33,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -150,6 +150,17 @@ type DispatcherConfig struct {
 	// AllowedCIDRs are the networks the SSRF guard lets deliveries reach
 	// even though they are private, loopback, link-local, etc.
 	AllowedCIDRs []string
+	// ClusterCIDRs are the cluster's pod and Service ranges: the SSRF guard
+	// refuses them even when they are publicly routable, and even inside
+	// AllowedCIDRs. The NetworkPolicy denies them too.
+	ClusterCIDRs []string `json:",omitempty"`
+	// NetworkPolicy makes the manager apply DispatcherNetworkPolicy, which
+	// limits the dispatcher's egress at the network layer as well.
+	NetworkPolicy bool `json:",omitempty"`
+	// NetworkPolicyCIDRs are destinations inside the denied ranges the
+	// dispatcher itself must reach: the API server's addresses, an external
+	// NATS. Unlike AllowedCIDRs, deliveries may not use them.
+	NetworkPolicyCIDRs []string `json:",omitempty"`
 	// Audience a publisher's ServiceAccount token must carry.
 	Audience string
 	// LogLevel of the dispatcher: debug, info, warn or error.
@@ -216,10 +227,18 @@ func (c *DispatcherConfig) BindFlags(fs *flag.FlagSet) {
 		"Size of the embedded JetStream PersistentVolumeClaim.")
 	fs.StringVar(&c.StorageClass, "dispatcher-storage-class", d.StorageClass,
 		"StorageClass of the embedded JetStream PersistentVolumeClaim. Empty uses the cluster default.")
-	c.AllowedCIDRs = d.AllowedCIDRs
-	fs.Var((*cidrListFlag)(&c.AllowedCIDRs), "dispatcher-allowed-cidrs",
+	cidrListVar(fs, &c.AllowedCIDRs, d.AllowedCIDRs, "dispatcher-allowed-cidrs",
 		"Comma-separated CIDRs deliveries may reach although the SSRF guard blocks them by default "+
 			"(private, loopback, link-local, ...).")
+	cidrListVar(fs, &c.ClusterCIDRs, d.ClusterCIDRs, "dispatcher-cluster-cidrs",
+		"Comma-separated pod and Service CIDRs of the cluster, which deliveries never reach, even inside "+
+			"--dispatcher-allowed-cidrs. Set them when the cluster's ranges are publicly routable.")
+	fs.BoolVar(&c.NetworkPolicy, "dispatcher-network-policy", d.NetworkPolicy,
+		"Apply a NetworkPolicy that allows the dispatcher egress only to DNS, public addresses, "+
+			"--dispatcher-allowed-cidrs and --dispatcher-network-policy-cidrs (needs a CNI that enforces NetworkPolicy).")
+	cidrListVar(fs, &c.NetworkPolicyCIDRs, d.NetworkPolicyCIDRs, "dispatcher-network-policy-cidrs",
+		"Comma-separated CIDRs the dispatcher itself must reach through --dispatcher-network-policy although they are "+
+			"private: the API server's addresses (its Service IP and endpoints) and an external NATS.")
 	fs.StringVar(&c.Audience, "dispatcher-audience", d.Audience,
 		"Audience a publisher's ServiceAccount token must carry.")
 	fs.StringVar(&c.LogLevel, "dispatcher-log-level", d.LogLevel,
@@ -236,6 +255,13 @@ func (c *DispatcherConfig) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.HealthPort, "dispatcher-health-port", d.HealthPort, "Port of the dispatcher's /healthz and /readyz.")
 	fs.StringVar(&c.StorePath, "dispatcher-store-path", d.StorePath,
 		"Directory of the embedded JetStream file store inside the dispatcher container.")
+}
+
+// cidrListVar registers a cidrListFlag named name on fs, writing into list,
+// which starts as value.
+func cidrListVar(fs *flag.FlagSet, list *[]string, value []string, name, usage string) {
+	*list = value
+	fs.Var((*cidrListFlag)(list), name, usage)
 }
 
 // cidrListFlag is a flag.Value holding a comma-separated list. Entries are
@@ -302,10 +328,20 @@ func (c DispatcherConfig) Validate() error {
 
 	c.validateNATS(&errs)
 
-	for _, cidr := range c.AllowedCIDRs {
-		if _, err := netip.ParsePrefix(cidr); err != nil {
-			errs.add("dispatcher-allowed-cidrs", "%q is not a CIDR (for example 10.0.0.0/8 or fd00::/8)", cidr)
+	for flagName, cidrs := range map[string][]string{
+		"dispatcher-allowed-cidrs":        c.AllowedCIDRs,
+		"dispatcher-cluster-cidrs":        c.ClusterCIDRs,
+		"dispatcher-network-policy-cidrs": c.NetworkPolicyCIDRs,
+	} {
+		for _, cidr := range cidrs {
+			if _, err := netip.ParsePrefix(cidr); err != nil {
+				errs.add(flagName, "%q is not a CIDR (for example 10.0.0.0/8 or fd00::/8)", cidr)
+			}
 		}
+	}
+	if c.NetworkPolicy && len(c.NetworkPolicyCIDRs) == 0 {
+		errs.add("dispatcher-network-policy-cidrs", "must list the API server's addresses with --dispatcher-network-policy "+
+			"(kubectl get endpointslices -n default -l kubernetes.io/service-name=kubernetes), or the dispatcher cannot reach it")
 	}
 
 	if strings.TrimSpace(c.Audience) == "" {
@@ -529,6 +565,12 @@ func (c DispatcherConfig) Hash() string {
 	if len(hashed.AllowedCIDRs) == 0 {
 		hashed.AllowedCIDRs = nil
 	}
+	if len(hashed.ClusterCIDRs) == 0 {
+		hashed.ClusterCIDRs = nil
+	}
+	// The NetworkPolicy is its own object: changing it must not restart
+	// the dispatcher.
+	hashed.NetworkPolicy, hashed.NetworkPolicyCIDRs = false, nil
 	// Marshalling a struct of strings, ints and a string slice cannot fail,
 	// and its field order is fixed, so the encoding is stable.
 	encoded, err := json.Marshal(hashed)
@@ -566,8 +608,12 @@ func dispatcherObjectMeta(namespace string) metav1.ObjectMeta {
 }
 
 // DispatcherObjects returns every object of the dispatcher in apply order:
-// identity and RBAC first, then the Service, the store (embedded mode only)
-// and the Deployment that uses them.
+// identity first, then the Service, the store (embedded mode only) and the
+// Deployment that uses them. All are in the dispatcher's namespace. The
+// dispatcher's RBAC is not among them: it ships with Herald's manifests
+// (config/rbac/dispatcher, generated from dispatcher/rbac/rbac.go) and binds
+// the ServiceAccount herald-dispatcher of herald-system, so the manager
+// needs no RBAC verbs.
 //
 // When the configuration switches to an external NATS, the PVC of the
 // embedded store is no longer returned but is not deleted either: it holds
@@ -576,117 +622,23 @@ func dispatcherObjectMeta(namespace string) metav1.ObjectMeta {
 func DispatcherObjects(cfg DispatcherConfig) []client.Object {
 	objects := []client.Object{
 		DispatcherServiceAccount(cfg),
-		DispatcherClusterRole(cfg),
-		DispatcherClusterRoleBinding(cfg),
 		DispatcherService(cfg),
 	}
 	if cfg.Embedded() {
 		objects = append(objects, DispatcherPVC(cfg))
 	}
+	if cfg.NetworkPolicy {
+		objects = append(objects, DispatcherNetworkPolicy(cfg))
+	}
 	return append(objects, DispatcherDeployment(cfg))
 }
 
 // DispatcherServiceAccount is the identity the dispatcher uses to talk to the
-// API server.
+// API server; config/rbac/dispatcher binds its roles.
 func DispatcherServiceAccount(cfg DispatcherConfig) *corev1.ServiceAccount {
 	return &corev1.ServiceAccount{
 		TypeMeta:   metav1.TypeMeta{APIVersion: corev1.SchemeGroupVersion.String(), Kind: "ServiceAccount"},
 		ObjectMeta: dispatcherObjectMeta(cfg.Namespace),
-	}
-}
-
-// DispatcherClusterRole holds the least privilege the dispatcher needs. The
-// dispatcher serves every namespace, so the role is cluster-wide. The manager
-// must itself hold every permission granted here (RBAC escalation
-// prevention); see the kubebuilder markers in dispatcher_controller.go.
-func DispatcherClusterRole(_ DispatcherConfig) *rbacv1.ClusterRole {
-	return &rbacv1.ClusterRole{
-		TypeMeta:   metav1.TypeMeta{APIVersion: rbacv1.SchemeGroupVersion.String(), Kind: "ClusterRole"},
-		ObjectMeta: dispatcherObjectMeta(""),
-		Rules: []rbacv1.PolicyRule{
-			// Informers on endpoints and subscriptions: routing and delivery
-			// settings come from their specs.
-			{
-				APIGroups: []string{heraldv1alpha1.GroupVersion.Group},
-				Resources: []string{"webhookendpoints", "subscriptions"},
-				Verbs:     []string{"get", "list", "watch"},
-			},
-			// The health reporter server-side applies status.delivery and
-			// the DeliveryHealthy condition under its own field manager.
-			{
-				APIGroups: []string{heraldv1alpha1.GroupVersion.Group},
-				Resources: []string{"webhookendpoints/status", "subscriptions/status"},
-				Verbs:     []string{"get", "patch"},
-			},
-			// Signing keys, header values and TLS material of each endpoint,
-			// from the Secret the manager compiles. RBAC cannot scope by
-			// label, so this grants every Secret; the dispatcher's informer
-			// is label-selected on herald.dev/secret-type=endpoint and never
-			// reads any other Secret. Read-only: the dispatcher never writes
-			// Secrets.
-			{
-				APIGroups: []string{""},
-				Resources: []string{"secrets"},
-				Verbs:     []string{"get", "list", "watch"},
-			},
-			// Ingest answers 404 for events published to a namespace that
-			// does not exist (a cached GET per namespace).
-			{
-				APIGroups: []string{""},
-				Resources: []string{"namespaces"},
-				Verbs:     []string{"get"},
-			},
-			// Ingest and the metrics endpoint authenticate bearer tokens.
-			{
-				APIGroups: []string{"authentication.k8s.io"},
-				Resources: []string{"tokenreviews"},
-				Verbs:     []string{"create"},
-			},
-			// Ingest authorizes publishers (create events.herald.dev in the
-			// namespace) and the metrics endpoint authorizes scrapers.
-			{
-				APIGroups: []string{"authorization.k8s.io"},
-				Resources: []string{"subjectaccessreviews"},
-				Verbs:     []string{"create"},
-			},
-			// The replica writing delivery health renews a Lease so the
-			// manager can tell when no dispatcher reports (DeliveryHealthy
-			// Unknown, DispatcherNotReporting). Create cannot be limited
-			// to a name; get and update are. Which replica writes is
-			// decided in a JetStream KeyValue bucket (dispatcher/health),
-			// not by this Lease. No Events: the dispatcher reports through
-			// status.
-			{
-				APIGroups: []string{"coordination.k8s.io"},
-				Resources: []string{"leases"},
-				Verbs:     []string{"create"},
-			},
-			{
-				APIGroups:     []string{"coordination.k8s.io"},
-				Resources:     []string{"leases"},
-				ResourceNames: []string{heraldv1alpha1.StatusWriterLeaseName},
-				Verbs:         []string{"get", "update"},
-			},
-		},
-	}
-}
-
-// DispatcherClusterRoleBinding binds DispatcherClusterRole to the
-// dispatcher's ServiceAccount.
-func DispatcherClusterRoleBinding(cfg DispatcherConfig) *rbacv1.ClusterRoleBinding {
-	return &rbacv1.ClusterRoleBinding{
-		TypeMeta:   metav1.TypeMeta{APIVersion: rbacv1.SchemeGroupVersion.String(), Kind: "ClusterRoleBinding"},
-		ObjectMeta: dispatcherObjectMeta(""),
-		RoleRef: rbacv1.RoleRef{
-			APIGroup: rbacv1.GroupName,
-			Kind:     "ClusterRole",
-			Name:     heraldv1alpha1.DispatcherName,
-		},
-		Subjects: []rbacv1.Subject{{
-			Kind:      rbacv1.ServiceAccountKind,
-			Name:      heraldv1alpha1.DispatcherName,
-			Namespace: cfg.Namespace,
-		}},
 	}
 }
 
@@ -714,6 +666,63 @@ func DispatcherService(cfg DispatcherConfig) *corev1.Service {
 					Protocol:   corev1.ProtocolTCP,
 				},
 			},
+		},
+	}
+}
+
+// Ranges DispatcherNetworkPolicy denies the dispatcher: link-local (cloud
+// metadata 169.254.169.254 included), RFC 1918 private, CGNAT, IPv6
+// unique-local (fd00:ec2::254 included) and link-local. Loopback never
+// leaves the pod, so a NetworkPolicy cannot and need not deny it.
+var (
+	deniedEgressV4 = []string{"10.0.0.0/8", "100.64.0.0/10", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16"}
+	deniedEgressV6 = []string{"fc00::/7", "fe80::/10"}
+)
+
+// DispatcherNetworkPolicy limits the dispatcher's egress at the network
+// layer, under the SSRF guard: DNS anywhere (port 53 only: cluster DNS
+// lives on a private Service address, node-local caches on a link-local
+// one); every address except the denied ranges and the cluster's own
+// (ClusterCIDRs); and, as exceptions, the SSRF allowlist (AllowedCIDRs,
+// receivers the operator opted in) and NetworkPolicyCIDRs (the API server,
+// an external NATS). NetworkPolicy rules add up, so an exception is a rule
+// of its own. Ingress is not restricted by it.
+func DispatcherNetworkPolicy(cfg DispatcherConfig) *networkingv1.NetworkPolicy {
+	var v4Except, v6Except []string
+	v4Except = append(v4Except, deniedEgressV4...)
+	v6Except = append(v6Except, deniedEgressV6...)
+	for _, cidr := range cfg.ClusterCIDRs {
+		if p, err := netip.ParsePrefix(cidr); err == nil && p.Addr().Is4() {
+			v4Except = append(v4Except, p.Masked().String())
+		} else if err == nil {
+			v6Except = append(v6Except, p.Masked().String())
+		}
+	}
+	udp, tcp := corev1.ProtocolUDP, corev1.ProtocolTCP
+	dns := intstr.FromInt32(53)
+	egress := []networkingv1.NetworkPolicyEgressRule{
+		{Ports: []networkingv1.NetworkPolicyPort{{Protocol: &udp, Port: &dns}, {Protocol: &tcp, Port: &dns}}},
+		{To: []networkingv1.NetworkPolicyPeer{
+			{IPBlock: &networkingv1.IPBlock{CIDR: "0.0.0.0/0", Except: v4Except}},
+			{IPBlock: &networkingv1.IPBlock{CIDR: "::/0", Except: v6Except}},
+		}},
+	}
+	var exceptions []networkingv1.NetworkPolicyPeer
+	for _, cidr := range slices.Concat(cfg.AllowedCIDRs, cfg.NetworkPolicyCIDRs) {
+		if p, err := netip.ParsePrefix(cidr); err == nil {
+			exceptions = append(exceptions, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: p.Masked().String()}})
+		}
+	}
+	if len(exceptions) > 0 {
+		egress = append(egress, networkingv1.NetworkPolicyEgressRule{To: exceptions})
+	}
+	return &networkingv1.NetworkPolicy{
+		TypeMeta:   metav1.TypeMeta{APIVersion: networkingv1.SchemeGroupVersion.String(), Kind: "NetworkPolicy"},
+		ObjectMeta: dispatcherObjectMeta(cfg.Namespace),
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: dispatcherSelectorLabels()},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
+			Egress:      egress,
 		},
 	}
 }
@@ -760,6 +769,9 @@ func dispatcherArgs(cfg DispatcherConfig) []string {
 	args = append(args, "--audience="+cfg.Audience)
 	if len(cfg.AllowedCIDRs) > 0 {
 		args = append(args, "--allowed-cidrs="+strings.Join(cfg.AllowedCIDRs, ","))
+	}
+	if len(cfg.ClusterCIDRs) > 0 {
+		args = append(args, "--cluster-cidrs="+strings.Join(cfg.ClusterCIDRs, ","))
 	}
 	if limit, ok := goMemoryLimit(cfg.MemoryLimit); ok {
 		args = append(args, "--memory-limit="+limit)

@@ -17,12 +17,9 @@ limitations under the License.
 package controllers
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
-	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -31,7 +28,6 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -623,134 +619,6 @@ func TestDispatcherBindFlags(t *testing.T) {
 	}
 }
 
-func TestDispatcherClusterRole(t *testing.T) {
-	role := DispatcherClusterRole(DefaultDispatcherConfig())
-
-	// verbs returns the verbs granted on group/resource, over all rules.
-	verbs := func(group, resource string) []string {
-		var out []string
-		for _, rule := range role.Rules {
-			if slices.Contains(rule.APIGroups, group) && slices.Contains(rule.Resources, resource) {
-				out = append(out, rule.Verbs...)
-			}
-		}
-		slices.Sort(out)
-		return slices.Compact(out)
-	}
-
-	for _, tc := range []struct {
-		group, resource string
-		want            []string
-	}{
-		// Read-only: never create, update or delete Secrets.
-		{"", "secrets", []string{"get", "list", "watch"}},
-		{"", "namespaces", []string{"get"}},
-		{"herald.dev", "webhookendpoints", []string{"get", "list", "watch"}},
-		{"herald.dev", "subscriptions", []string{"get", "list", "watch"}},
-		{"herald.dev", "webhookendpoints/status", []string{"get", "patch"}},
-		{"herald.dev", "subscriptions/status", []string{"get", "patch"}},
-		{"authentication.k8s.io", "tokenreviews", []string{"create"}},
-		{"authorization.k8s.io", "subjectaccessreviews", []string{"create"}},
-		// The dispatcher records no Events. It elects its status writer
-		// with a JetStream KeyValue lease; the writer renews one Kubernetes
-		// Lease (create, and get/update of that name only, below) so the
-		// manager can see when no dispatcher reports.
-		{"", "events", nil},
-		{"events.k8s.io", "events", nil},
-		{"coordination.k8s.io", "leases", []string{"create", "get", "update"}},
-		{"", "configmaps", nil},
-		{"", "pods", nil},
-	} {
-		if got := verbs(tc.group, tc.resource); !slices.Equal(got, tc.want) {
-			t.Errorf("%s %q: want verbs %v, got %v", tc.resource, tc.group, tc.want, got)
-		}
-	}
-	for _, rule := range role.Rules {
-		if slices.Contains(rule.Verbs, "*") || slices.Contains(rule.Resources, "*") || slices.Contains(rule.APIGroups, "*") {
-			t.Errorf("rule %+v uses a wildcard", rule)
-		}
-		if len(rule.NonResourceURLs) > 0 {
-			t.Errorf("unexpected rule %+v", rule)
-		}
-		if len(rule.ResourceNames) > 0 && !slices.Equal(rule.ResourceNames, []string{heraldv1alpha1.StatusWriterLeaseName}) {
-			t.Errorf("unexpected resource names in %+v", rule)
-		}
-		if slices.Contains(rule.Resources, "leases") && !slices.Contains(rule.Verbs, "create") &&
-			!slices.Equal(rule.ResourceNames, []string{heraldv1alpha1.StatusWriterLeaseName}) {
-			t.Errorf("lease rule %+v is not limited to the status writer's Lease", rule)
-		}
-	}
-
-	binding := DispatcherClusterRoleBinding(DefaultDispatcherConfig())
-	if binding.RoleRef.Name != role.Name || binding.RoleRef.Kind != "ClusterRole" {
-		t.Errorf("binding refers to %+v, want ClusterRole %s", binding.RoleRef, role.Name)
-	}
-	sa := DispatcherServiceAccount(DefaultDispatcherConfig())
-	if len(binding.Subjects) != 1 || binding.Subjects[0].Kind != rbacv1.ServiceAccountKind ||
-		binding.Subjects[0].Name != sa.Name || binding.Subjects[0].Namespace != sa.Namespace {
-		t.Errorf("binding subjects %+v, want ServiceAccount %s/%s", binding.Subjects, sa.Namespace, sa.Name)
-	}
-}
-
-// TestDispatcherManagerHoldsGrantedPermissions checks that the kubebuilder
-// RBAC markers of this package give the manager every permission of
-// DispatcherClusterRole: the API server refuses to let the manager grant
-// what it does not hold (it has no bind or escalate verb).
-func TestDispatcherManagerHoldsGrantedPermissions(t *testing.T) {
-	held := map[string]bool{} // "group/resource/verb"
-	files, err := filepath.Glob("*.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, file := range files {
-		if strings.HasSuffix(file, "_test.go") {
-			continue
-		}
-		f, err := os.Open(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		scanner := bufio.NewScanner(f)
-		for scanner.Scan() {
-			marker, ok := strings.CutPrefix(strings.TrimSpace(scanner.Text()), "// +kubebuilder:rbac:")
-			if !ok {
-				continue
-			}
-			args := map[string][]string{}
-			for arg := range strings.SplitSeq(marker, ",") {
-				key, value, _ := strings.Cut(arg, "=")
-				args[key] = strings.Split(strings.Trim(value, `"`), ";")
-			}
-			for _, group := range args["groups"] {
-				group = strings.Trim(group, `"`)
-				for _, resource := range args["resources"] {
-					for _, verb := range args["verbs"] {
-						held[group+"/"+resource+"/"+verb] = true
-					}
-				}
-			}
-		}
-		if err := scanner.Err(); err != nil {
-			t.Fatal(err)
-		}
-		_ = f.Close()
-	}
-
-	for _, rule := range DispatcherClusterRole(DefaultDispatcherConfig()).Rules {
-		for _, group := range rule.APIGroups {
-			for _, resource := range rule.Resources {
-				for _, verb := range rule.Verbs {
-					if !held[group+"/"+resource+"/"+verb] {
-						t.Errorf("the dispatcher is granted %s on %s in group %q, "+
-							"but no +kubebuilder:rbac marker gives it to the manager",
-							verb, resource, group)
-					}
-				}
-			}
-		}
-	}
-}
-
 func TestDispatcherObjectsMetadata(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
@@ -758,10 +626,10 @@ func TestDispatcherObjectsMetadata(t *testing.T) {
 		wantKinds []string
 	}{
 		{"embedded", embeddedConfig(), []string{
-			"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "PersistentVolumeClaim", "Deployment",
+			"ServiceAccount", "Service", "PersistentVolumeClaim", "Deployment",
 		}},
 		{"external", externalConfig(), []string{
-			"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment",
+			"ServiceAccount", "Service", "Deployment",
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -792,8 +660,7 @@ func TestDispatcherObjectsMetadata(t *testing.T) {
 				if obj.GetName() != heraldv1alpha1.DispatcherName {
 					t.Errorf("%s: name %q, want %q", typeMeta.Kind, obj.GetName(), heraldv1alpha1.DispatcherName)
 				}
-				namespaced := typeMeta.Group != rbacv1.GroupName
-				if namespaced && obj.GetNamespace() != tc.cfg.Namespace || !namespaced && obj.GetNamespace() != "" {
+				if obj.GetNamespace() != tc.cfg.Namespace {
 					t.Errorf("%s: namespace %q", typeMeta.Kind, obj.GetNamespace())
 				}
 			}
@@ -890,10 +757,12 @@ func TestDispatcherReconcileInvalidConfig(t *testing.T) {
 // API server and manager (suite_test.go; start-up reconcile and edit/delete
 // drift are covered in dispatcher_controller_test.go). An object that loses
 // its label leaves the label-selected cache, which the controller sees as a
-// deletion; the reconcile puts the label, and the object, back.
+// deletion; the reconcile puts the label, and the object, back. Here the
+// same edit points the Service's selector at other pods, which would send
+// publishers' tokens to them.
 func TestDispatcherEnvtestLabelRemovalRepaired(t *testing.T) {
 	ctx := context.Background()
-	key := client.ObjectKey{Name: heraldv1alpha1.DispatcherName}
+	key := client.ObjectKey{Namespace: testDispCfg.Namespace, Name: heraldv1alpha1.DispatcherName}
 
 	eventually := func(what string, check func() error) {
 		t.Helper()
@@ -910,27 +779,25 @@ func TestDispatcherEnvtestLabelRemovalRepaired(t *testing.T) {
 		}
 	}
 
-	var role rbacv1.ClusterRole
-	eventually("the dispatcher ClusterRole exists", func() error { return k8sClient.Get(ctx, key, &role) })
+	var svc corev1.Service
+	eventually("the dispatcher Service exists", func() error { return k8sClient.Get(ctx, key, &svc) })
 
-	delete(role.Labels, heraldv1alpha1.NameLabel)
-	role.Rules = append(role.Rules, rbacv1.PolicyRule{
-		APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get"},
-	})
-	if err := k8sClient.Update(ctx, &role, client.FieldOwner("kubectl-edit")); err != nil {
+	delete(svc.Labels, heraldv1alpha1.NameLabel)
+	svc.Spec.Selector = map[string]string{heraldv1alpha1.NameLabel: "someone-else"}
+	if err := k8sClient.Update(ctx, &svc, client.FieldOwner("kubectl-edit")); err != nil {
 		t.Fatal(err)
 	}
 
-	want := DispatcherClusterRole(testDispCfg)
-	eventually("label and rules are restored", func() error {
-		if err := k8sClient.Get(ctx, key, &role); err != nil {
+	want := DispatcherService(testDispCfg)
+	eventually("label and selector are restored", func() error {
+		if err := k8sClient.Get(ctx, key, &svc); err != nil {
 			return err
 		}
-		if role.Labels[heraldv1alpha1.NameLabel] != heraldv1alpha1.DispatcherName {
-			return fmt.Errorf("labels %v", role.Labels)
+		if svc.Labels[heraldv1alpha1.NameLabel] != heraldv1alpha1.DispatcherName {
+			return fmt.Errorf("labels %v", svc.Labels)
 		}
-		if !equality.Semantic.DeepEqual(role.Rules, want.Rules) {
-			return fmt.Errorf("rules differ from DispatcherClusterRole (-want +got):\n%s", diff.Diff(want.Rules, role.Rules))
+		if !equality.Semantic.DeepEqual(svc.Spec.Selector, want.Spec.Selector) {
+			return fmt.Errorf("selector differs from DispatcherService (-want +got):\n%s", diff.Diff(want.Spec.Selector, svc.Spec.Selector))
 		}
 		return nil
 	})

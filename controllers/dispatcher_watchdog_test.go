@@ -147,15 +147,7 @@ func startWatchdog(t *testing.T, ns string) *DispatcherWatchdog {
 	if err := w.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("watchdog manager: %v", err)
-		}
-	})
+	startManager(t, context.Background(), mgr)
 	return w
 }
 

@@ -1,9 +1,7 @@
 package controllers
 
 import (
-	"bytes"
 	"context"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -18,7 +16,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/yaml"
 
 	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 )
@@ -49,14 +46,9 @@ func TestManagerRoleUnderOwnerReferencesPermissionEnforcement(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	raw, err := os.ReadFile(filepath.Join("..", "config", "rbac", "role.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	role := &rbacv1.ClusterRole{}
-	if err := yaml.Unmarshal(bytes.TrimPrefix(raw, []byte("---\n")), role); err != nil {
-		t.Fatal(err)
-	}
+	// The endpoint controller needs only the ClusterRole; the Role in
+	// herald-system serves the dispatcher controller and the watchdog.
+	role := loadRBAC(t, filepath.Join("..", "config", "rbac")).clusterRole(t, "herald-manager").DeepCopy()
 	const user = "herald-manager-under-test"
 	if err := admin.Create(ctx, role); err != nil {
 		t.Fatal(err)
@@ -86,15 +78,7 @@ func TestManagerRoleUnderOwnerReferencesPermissionEnforcement(t *testing.T) {
 	if err := (&WebhookEndpointReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: rec}).SetupWithManager(ctx, mgr); err != nil {
 		t.Fatal(err)
 	}
-	mgrCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(mgrCtx) }()
-	t.Cleanup(func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	})
+	startManager(t, ctx, mgr)
 
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "owner-refs"}}
 	if err := admin.Create(ctx, ns); err != nil {

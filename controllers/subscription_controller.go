@@ -32,7 +32,7 @@ type SubscriptionReconciler struct {
 }
 
 // +kubebuilder:rbac:groups=herald.dev,resources=subscriptions,verbs=get;list;watch
-// +kubebuilder:rbac:groups=herald.dev,resources=subscriptions/status,verbs=get;patch
+// +kubebuilder:rbac:groups=herald.dev,resources=subscriptions/status,verbs=patch
 
 // Reconcile validates one Subscription and reports the result in Ready.
 func (r *SubscriptionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {

@@ -130,6 +130,21 @@ func zapLevel() zapcore.Level {
 	return 2 // errors only: keep test output readable
 }
 
+// startManager runs mgr until t ends (or ctx is done) and fails t when it
+// stops with an error.
+func startManager(t *testing.T, ctx context.Context, mgr ctrl.Manager) {
+	t.Helper()
+	ctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	})
+}
+
 // newNamespace creates a namespace of its own for one test.
 func newNamespace(t *testing.T) string {
 	t.Helper()

@@ -61,7 +61,8 @@ type WebhookEndpointReconciler struct {
 }
 
 // +kubebuilder:rbac:groups=herald.dev,resources=webhookendpoints,verbs=get;list;watch
-// +kubebuilder:rbac:groups=herald.dev,resources=webhookendpoints/status,verbs=get;patch
+// Status is written with server-side apply only.
+// +kubebuilder:rbac:groups=herald.dev,resources=webhookendpoints/status,verbs=patch
 // The managed Secret's owner reference sets blockOwnerDeletion, which API
 // servers enforcing owner-reference permissions allow only to those who may
 // set the owner's finalizers.
@@ -707,7 +708,9 @@ type statusWriterLease struct {
 	notReporting bool
 }
 
-// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch
+// The watchdog reads the status writer's Lease in the dispatcher's
+// namespace only (StatusWriterLeaseCacheOptions).
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch,namespace=herald-system
 
 // Reconcile marks one WebhookEndpoint's DeliveryHealthy condition Unknown
 // when no dispatcher reports, and does nothing otherwise.

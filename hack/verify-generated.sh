@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-generated=(config/crd/bases config/rbac/role.yaml api/v1alpha1/zz_generated.deepcopy.go
+generated=(config/crd/bases config/rbac/role.yaml config/rbac/dispatcher/role.yaml api/v1alpha1/zz_generated.deepcopy.go
   api/delivery/v1alpha1/zz_generated.deepcopy.go dispatcher/deliveryapi/openapi/zz_generated.openapi.go)
 before=$(mktemp -d)
 trap 'rm -rf "$before"' EXIT

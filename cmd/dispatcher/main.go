@@ -64,6 +64,7 @@ type options struct {
 	syncAlways     bool
 	audience       string
 	allowedCIDRs   string
+	clusterCIDRs   string
 	insecureIngest bool
 	maxBodyBytes   int64
 	drainTimeout   time.Duration
@@ -101,6 +102,7 @@ func main() {
 	flag.BoolVar(&o.syncAlways, "sync-always", false, "Embedded mode: fsync every write before acknowledging (survives power loss, about 10x slower). Acknowledged events survive a process crash either way.")
 	flag.StringVar(&o.audience, "audience", heraldv1.DefaultAudience, "Audience ServiceAccount tokens must carry to publish.")
 	flag.StringVar(&o.allowedCIDRs, "allowed-cidrs", "", "Comma-separated CIDRs deliveries may reach although not public (SSRF allowlist), e.g. 127.0.0.0/8 for local development.")
+	flag.StringVar(&o.clusterCIDRs, "cluster-cidrs", "", "Comma-separated pod and Service CIDRs of the cluster. Deliveries never reach them, even when they are publicly routable and even inside --allowed-cidrs.")
 	flag.BoolVar(&o.insecureIngest, "insecure-ingest", false, "DEVELOPMENT ONLY: accept events without authentication or authorization.")
 	flag.Int64Var(&o.maxBodyBytes, "max-body-bytes", ingest.DefaultMaxBodyBytes, "Largest accepted ingest request body.")
 	flag.DurationVar(&o.drainTimeout, "drain-timeout", 45*time.Second, "How long shutdown waits for in-flight deliveries.")
@@ -161,7 +163,8 @@ func tuneGC(o options) error {
 	return nil
 }
 
-func parseCIDRs(s string) ([]netip.Prefix, error) {
+// parseCIDRs parses the comma-separated CIDRs of the flag named flagName.
+func parseCIDRs(flagName, s string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for _, f := range strings.Split(s, ",") {
 		if f = strings.TrimSpace(f); f == "" {
@@ -169,7 +172,7 @@ func parseCIDRs(s string) ([]netip.Prefix, error) {
 		}
 		p, err := netip.ParsePrefix(f)
 		if err != nil {
-			return nil, fmt.Errorf("--allowed-cidrs: %q is not a CIDR: %w", f, err)
+			return nil, fmt.Errorf("--%s: %q is not a CIDR: %w", flagName, f, err)
 		}
 		out = append(out, p.Masked())
 	}
@@ -178,7 +181,11 @@ func parseCIDRs(s string) ([]netip.Prefix, error) {
 
 func run(ctx context.Context, o options) error {
 	log := ctrl.Log.WithName("dispatcher")
-	allowed, err := parseCIDRs(o.allowedCIDRs)
+	allowed, err := parseCIDRs("allowed-cidrs", o.allowedCIDRs)
+	if err != nil {
+		return err
+	}
+	clusterCIDRs, err := parseCIDRs("cluster-cidrs", o.clusterCIDRs)
 	if err != nil {
 		return err
 	}
@@ -293,6 +300,7 @@ func run(ctx context.Context, o options) error {
 		Logger:       log.WithName("delivery"),
 		Version:      version,
 		AllowedCIDRs: allowed,
+		ClusterCIDRs: clusterCIDRs,
 	})
 	if err != nil {
 		return fmt.Errorf("delivery manager: %w", err)
@@ -370,7 +378,7 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 
-	log.Info("Starting dispatcher", "mode", modeOf(o), "ingest", o.ingestAddr, "allowedCIDRs", o.allowedCIDRs, "insecureIngest", o.insecureIngest)
+	log.Info("Starting dispatcher", "mode", modeOf(o), "ingest", o.ingestAddr, "allowedCIDRs", o.allowedCIDRs, "clusterCIDRs", o.clusterCIDRs, "insecureIngest", o.insecureIngest)
 	return mgr.Start(ctx)
 }
 

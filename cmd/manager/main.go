@@ -39,7 +39,7 @@ func main() {
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz probes.")
 	flag.BoolVar(&enableLeaderElection, "leader-elect", false, "Elect a leader so only one manager replica reconciles.")
 	flag.BoolVar(&enableHTTP2, "enable-http2", false, "Serve metrics over HTTP/2 (off by default: CVE-2023-44487, CVE-2023-39325).")
-	flag.BoolVar(&runDispatcher, "manage-dispatcher", true, "Create and keep the dispatcher's Deployment, Service, RBAC and storage. Off when the dispatcher runs elsewhere (the local demo runs it as a process).")
+	flag.BoolVar(&runDispatcher, "manage-dispatcher", true, "Create and keep the dispatcher's ServiceAccount, Service, storage, Deployment and (--dispatcher-network-policy) NetworkPolicy in --dispatcher-namespace; its RBAC ships in config/rbac. Off when the dispatcher runs elsewhere (the local demo runs it as a process).")
 	dispatcherCfg.BindFlags(flag.CommandLine)
 	opts := zap.Options{Development: false}
 	opts.BindFlags(flag.CommandLine)

@@ -535,3 +535,52 @@ func BenchmarkAttempt(b *testing.B) {
 		}
 	}
 }
+
+// TestSSRFGuardRefusesClusterCIDRs delivers to an address of a publicly
+// routable pod range through the SSRF dialer over the recording, refusing
+// test dialer: without the cluster's ranges it is dialled (and refused by
+// the test dialer, never sent); with them (--cluster-cidrs) the guard
+// refuses it as BlockedAddress before any dial, even when the allowlist
+// covers it, for an IP literal and for a host name resolving to it.
+func TestSSRFGuardRefusesClusterCIDRs(t *testing.T) {
+	podCIDR := netip.MustParsePrefix("93.184.0.0/16") // publicly routable
+	podIP := "93.184.216.34"
+	lookup := &lookupTable{answers: map[string][][]netip.Addr{
+		"pod.receiver.test": {{netip.MustParseAddr(podIP)}},
+	}}
+	for _, tc := range []struct {
+		name       string
+		allow      []netip.Prefix
+		cluster    []netip.Prefix
+		url        string
+		wantReason string
+		wantDialed []string
+	}{
+		{"without --cluster-cidrs the pod address is public", nil, nil, "http://" + podIP + "/hook", ReasonOther, []string{podIP}},
+		{"pod address literal", nil, []netip.Prefix{podCIDR}, "http://" + podIP + "/hook", ReasonBlockedAddress, nil},
+		{"host name resolving to a pod address", nil, []netip.Prefix{podCIDR}, "https://pod.receiver.test/hook", ReasonBlockedAddress, nil},
+		{"pod address inside the allowlist", []netip.Prefix{netip.MustParsePrefix("93.0.0.0/8")}, []netip.Prefix{podCIDR},
+			"http://" + podIP + "/hook", ReasonBlockedAddress, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &refusingDialer{}
+			dialer := ssrf.NewDialer(ssrf.New(tc.allow, ssrf.WithDenied(tc.cluster...)),
+				ssrf.DialerOptions{Lookup: lookup.Lookup, Dial: rec.Dial})
+			c := mustClient(t, dialer, ClientConfig{Timeout: 2 * time.Second})
+			_, err := post(t, c, tc.url)
+			if err == nil {
+				t.Fatal("delivered")
+			}
+			if got := ClassifyError(err); got != tc.wantReason {
+				t.Errorf("reason %q (%v), want %q", got, err, tc.wantReason)
+			}
+			var dialed []string
+			for _, a := range rec.addresses() {
+				dialed = append(dialed, a.String())
+			}
+			if !slices.Equal(dialed, tc.wantDialed) {
+				t.Errorf("dialled %v, want %v", dialed, tc.wantDialed)
+			}
+		})
+	}
+}

@@ -51,6 +51,10 @@ type Options struct {
 	// although they are not public (an operator's opt-in, e.g. an internal
 	// receiver network; 127.0.0.0/8 for local demos and tests).
 	AllowedCIDRs []netip.Prefix
+	// ClusterCIDRs are the cluster's pod and Service ranges. The SSRF guard
+	// refuses them even when they are public, and even inside
+	// AllowedCIDRs, for clusters whose ranges are publicly routable.
+	ClusterCIDRs []netip.Prefix
 	// Breaker tunes every endpoint's circuit breaker.
 	Breaker BreakerConfig
 
@@ -136,7 +140,7 @@ func NewManager(opts Options) (*Manager, error) {
 		metrics:   metrics,
 		log:       opts.Logger,
 		userAgent: UserAgent(opts.Version),
-		dialer: ssrf.NewDialer(ssrf.New(opts.AllowedCIDRs), ssrf.DialerOptions{
+		dialer: ssrf.NewDialer(ssrf.New(opts.AllowedCIDRs, ssrf.WithDenied(opts.ClusterCIDRs...)), ssrf.DialerOptions{
 			Lookup: opts.Lookup,
 			Dial:   opts.Dial,
 		}),

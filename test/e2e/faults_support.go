@@ -39,10 +39,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
-
-	"github.com/herald-dev/herald/controllers"
 )
 
 // Least-privilege identities of the isolated Herald.
@@ -53,10 +52,11 @@ const (
 
 // faultHerald is a Herald of its own for tests that break things (stop the
 // API server, stop the manager, delete Secrets) without disturbing the
-// shared one. Its manager runs as a user bound only to config/rbac/role.yaml
-// and its dispatcher as a user bound only to the ClusterRole the manager
-// gives the dispatcher (controllers.DispatcherClusterRole), so every
-// scenario also checks that those roles suffice. Both log at debug level,
+// shared one. Its manager runs as a user bound only to the roles of
+// config/rbac/role.yaml and its dispatcher as a user bound only to those of
+// config/rbac/dispatcher/role.yaml (each a ClusterRole and a Role in
+// herald-system, generated from kubebuilder markers), so every scenario
+// also checks that those roles suffice. Both log at debug level,
 // which the secret-leak scan then reads.
 type faultHerald struct {
 	*Herald
@@ -65,8 +65,8 @@ type faultHerald struct {
 	apiServer   *apiServerControl
 	// gate is the manager's and the dispatcher's way to the API server.
 	gate *apiServerGate
-	// roles are the least-privilege users' ClusterRoles.
-	roles map[string]*rbacv1.ClusterRole
+	// roles are the least-privilege users' ClusterRoles and Roles.
+	roles map[string][]grant
 }
 
 // startFaultHerald brings up the isolated Herald with already built
@@ -87,7 +87,7 @@ func startFaultHerald(t *testing.T, bins Binaries) *faultHerald {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &faultHerald{Herald: &Herald{Env: env, Bins: bins}, roles: map[string]*rbacv1.ClusterRole{}}
+	h := &faultHerald{Herald: &Herald{Env: env, Bins: bins}, roles: map[string][]grant{}}
 	h.gate, err = startAPIServerGate(t, net.JoinHostPort(env.env.ControlPlane.APIServer.SecureServing.Address, env.env.ControlPlane.APIServer.SecureServing.Port))
 	if err != nil {
 		env.Stop()
@@ -115,12 +115,13 @@ func startFaultHerald(t *testing.T, bins Binaries) *faultHerald {
 		_ = os.RemoveAll(dir)
 	})
 
-	managerKubeconfig, err := h.leastPrivilegeKubeconfig(ctx, faultManagerUser, managerClusterRole(t, env.Root))
+	managerKubeconfig, err := h.leastPrivilegeKubeconfig(ctx, faultManagerUser,
+		generatedRoles(t, filepath.Join(env.Root, "config", "rbac", "role.yaml")))
 	if err != nil {
 		t.Fatal(err)
 	}
-	dispatcherRole := controllers.DispatcherClusterRole(controllers.DefaultDispatcherConfig())
-	dispatcherKubeconfig, err := h.leastPrivilegeKubeconfig(ctx, faultDispatcherUser, dispatcherRole)
+	dispatcherKubeconfig, err := h.leastPrivilegeKubeconfig(ctx, faultDispatcherUser,
+		generatedRoles(t, filepath.Join(env.Root, "config", "rbac", "dispatcher", "role.yaml")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,38 +183,82 @@ func (h *faultHerald) StartManager(ctx context.Context) error {
 	return waitReady(ctx, h.managerURL, p)
 }
 
-// managerClusterRole is the manager's ClusterRole as config/rbac/role.yaml
-// (generated from the kubebuilder markers) defines it.
-func managerClusterRole(t *testing.T, root string) *rbacv1.ClusterRole {
+// grant is what one role of a least-privilege user allows: its rules,
+// cluster-wide or in one namespace.
+type grant struct {
+	namespace string
+	rules     []rbacv1.PolicyRule
+}
+
+// generatedRoles reads a role.yaml that controller-gen generated from
+// kubebuilder markers: a ClusterRole and, for markers with a namespace, a
+// Role there.
+func generatedRoles(t *testing.T, path string) []client.Object {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(root, "config", "rbac", "role.yaml"))
+	raw, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	role := &rbacv1.ClusterRole{}
-	if err := yaml.Unmarshal(bytes.TrimPrefix(raw, []byte("---\n")), role); err != nil {
-		t.Fatalf("parse config/rbac/role.yaml: %v", err)
+	var roles []client.Object
+	for doc := range bytes.SplitSeq(raw, []byte("\n---")) {
+		var meta metav1.TypeMeta
+		if err := yaml.Unmarshal(doc, &meta); err != nil {
+			t.Fatalf("parse %s: %v", path, err)
+		}
+		var role client.Object
+		switch meta.Kind {
+		case "ClusterRole":
+			role = &rbacv1.ClusterRole{}
+		case "Role":
+			role = &rbacv1.Role{}
+		default:
+			continue
+		}
+		if err := yaml.Unmarshal(doc, role); err != nil {
+			t.Fatalf("parse %s: %v", path, err)
+		}
+		roles = append(roles, role)
 	}
-	return role
+	if len(roles) == 0 {
+		t.Fatalf("%s holds no role", path)
+	}
+	return roles
 }
 
-// leastPrivilegeKubeconfig creates role, binds it to a new user and returns
-// a kubeconfig file authenticating as that user (a client certificate).
-// The kubeconfig reaches the API server through h.gate.
-func (h *faultHerald) leastPrivilegeKubeconfig(ctx context.Context, user string, role *rbacv1.ClusterRole) (string, error) {
-	role = role.DeepCopy()
-	role.ResourceVersion, role.UID = "", ""
-	if err := h.Client.Create(ctx, role); err != nil {
-		return "", fmt.Errorf("create ClusterRole %s: %w", role.Name, err)
-	}
-	h.roles[user] = role
-	binding := &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: user},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}},
-	}
-	if err := h.Client.Create(ctx, binding); err != nil {
-		return "", fmt.Errorf("bind %s: %w", role.Name, err)
+// leastPrivilegeKubeconfig creates roles (ClusterRoles and Roles, renamed
+// after user), binds each to a new user and returns a kubeconfig file
+// authenticating as that user (a client certificate). The kubeconfig
+// reaches the API server through h.gate.
+func (h *faultHerald) leastPrivilegeKubeconfig(ctx context.Context, user string, roles []client.Object) (string, error) {
+	for _, role := range roles {
+		role = role.DeepCopyObject().(client.Object)
+		role.SetName(user)
+		role.SetResourceVersion("")
+		role.SetUID("")
+		if err := h.Client.Create(ctx, role); err != nil {
+			return "", fmt.Errorf("create %T %s: %w", role, role.GetName(), err)
+		}
+		subjects := []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}}
+		var binding client.Object
+		switch role := role.(type) {
+		case *rbacv1.ClusterRole:
+			h.roles[user] = append(h.roles[user], grant{rules: role.Rules})
+			binding = &rbacv1.ClusterRoleBinding{
+				ObjectMeta: metav1.ObjectMeta{Name: user},
+				RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: user},
+				Subjects:   subjects,
+			}
+		case *rbacv1.Role:
+			h.roles[user] = append(h.roles[user], grant{namespace: role.Namespace, rules: role.Rules})
+			binding = &rbacv1.RoleBinding{
+				ObjectMeta: metav1.ObjectMeta{Namespace: role.Namespace, Name: user},
+				RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: user},
+				Subjects:   subjects,
+			}
+		}
+		if err := h.Client.Create(ctx, binding); err != nil {
+			return "", fmt.Errorf("bind %s: %w", role.GetName(), err)
+		}
 	}
 	u, err := h.env.AddUser(envtest.User{Name: user}, nil)
 	if err != nil {
@@ -416,7 +461,7 @@ func (h *faultHerald) StartAPIServer(ctx context.Context) error {
 // apiServerReady is a positive check that the API server serves the
 // least-privilege users as it should: /readyz passes (storage, informers
 // and post-start hooks such as the RBAC bootstrap), and the RBAC
-// authorizer allows every verb on every resource of their ClusterRoles,
+// authorizer allows every verb on every resource of their roles,
 // which it does only once it has loaded their bindings.
 func (h *faultHerald) apiServerReady(ctx context.Context) error {
 	clientset, err := kubernetes.NewForConfig(h.env.Config)
@@ -426,15 +471,19 @@ func (h *faultHerald) apiServerReady(ctx context.Context) error {
 	if _, err := clientset.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx); err != nil {
 		return fmt.Errorf("readyz: %w", err)
 	}
-	for user, role := range h.roles {
-		for _, rule := range role.Rules {
-			for _, attrs := range ruleAttributes(rule) {
-				sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{User: user, ResourceAttributes: attrs}}
-				if err := h.Client.Create(ctx, sar); err != nil {
-					return fmt.Errorf("review %s: %w", user, err)
-				}
-				if !sar.Status.Allowed {
-					return fmt.Errorf("%s may not %s %s.%s/%s yet: %s", user, attrs.Verb, attrs.Resource, attrs.Group, attrs.Subresource, sar.Status.Reason)
+	for user, grants := range h.roles {
+		for _, g := range grants {
+			for _, rule := range g.rules {
+				for _, attrs := range ruleAttributes(rule) {
+					attrs.Namespace = g.namespace
+					sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{User: user, ResourceAttributes: attrs}}
+					if err := h.Client.Create(ctx, sar); err != nil {
+						return fmt.Errorf("review %s: %w", user, err)
+					}
+					if !sar.Status.Allowed {
+						return fmt.Errorf("%s may not %s %s.%s/%s in %q yet: %s", user, attrs.Verb, attrs.Resource, attrs.Group, attrs.Subresource,
+							attrs.Namespace, sar.Status.Reason)
+					}
 				}
 			}
 		}

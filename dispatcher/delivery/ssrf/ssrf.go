@@ -10,7 +10,9 @@
 // outside global unicast (loopback, unspecified, unique-local, link-local,
 // multicast, IPv4-mapped ::ffff:0:0/96, NAT64 64:ff9b::/96) or inside the
 // special-purpose global-unicast prefixes (6to4 2002::/16, Teredo, …) is
-// refused. An operator allowlist of CIDR prefixes opts ranges back in.
+// refused. An operator allowlist of CIDR prefixes opts ranges back in, and a
+// deny list (the cluster's pod and Service ranges, which may be publicly
+// routable) refuses ranges the default policy would permit.
 package ssrf
 
 import (
@@ -49,6 +51,10 @@ const (
 	// benchmarking, future use, IPv6 outside 2000::/3, zoned addresses).
 	Reserved Class = "reserved"
 	Invalid  Class = "invalid"
+	// ClusterNetwork is an address inside one of the cluster's own ranges
+	// (pods, Services) that the operator listed in the guard's deny list.
+	// Classify never returns it: only a Guard knows the cluster's ranges.
+	ClusterNetwork Class = "cluster-network"
 )
 
 var (
@@ -132,13 +138,32 @@ func (e *BlockedError) Unwrap() error { return ErrBlocked }
 type Guard struct {
 	policy *dnyssrf.Guardian
 	allow  []netip.Prefix
+	deny   []netip.Prefix
+}
+
+// Option configures a Guard.
+type Option func(*Guard)
+
+// WithDenied refuses every address inside one of prefixes, even a public
+// one and even one inside an allowed prefix: for the cluster's pod and
+// Service ranges, which some clusters take from publicly routable space, so
+// that an endpoint URL cannot reach the cluster's own pods and Services.
+// An IPv4 prefix also refuses its IPv4-mapped IPv6 form (which the default
+// policy refuses anyway).
+func WithDenied(prefixes ...netip.Prefix) Option {
+	return func(g *Guard) {
+		for _, p := range prefixes {
+			g.deny = append(g.deny, p.Masked())
+		}
+	}
 }
 
 // New returns a Guard refusing every non-public address except those inside
-// one of the allowed prefixes. Ports are not restricted: receivers often
-// listen on ports other than 80 and 443, and the address policy is what
-// keeps deliveries off internal networks.
-func New(allow []netip.Prefix) *Guard {
+// one of the allowed prefixes, and every address of a WithDenied prefix.
+// Ports are not restricted: receivers often listen on ports other than 80
+// and 443, and the address policy is what keeps deliveries off internal
+// networks.
+func New(allow []netip.Prefix, opts ...Option) *Guard {
 	var v4, v6 []netip.Prefix
 	for _, p := range allow {
 		p = p.Masked()
@@ -148,7 +173,7 @@ func New(allow []netip.Prefix) *Guard {
 			v6 = append(v6, p)
 		}
 	}
-	return &Guard{
+	g := &Guard{
 		policy: dnyssrf.New(
 			dnyssrf.WithAnyPort(),
 			dnyssrf.WithAllowedV4Prefixes(v4...),
@@ -156,15 +181,28 @@ func New(allow []netip.Prefix) *Guard {
 		),
 		allow: append([]netip.Prefix(nil), allow...),
 	}
+	for _, opt := range opts {
+		opt(g)
+	}
+	return g
 }
 
 // Allowlist returns the allowed prefixes.
 func (g *Guard) Allowlist() []netip.Prefix { return append([]netip.Prefix(nil), g.allow...) }
 
+// Denylist returns the prefixes refused on top of the default policy.
+func (g *Guard) Denylist() []netip.Prefix { return append([]netip.Prefix(nil), g.deny...) }
+
 // Check returns nil when addr may be dialled and a *BlockedError otherwise.
+// The deny list is checked first, so it wins over the allowlist.
 func (g *Guard) Check(addr netip.Addr) error {
 	if addr.Zone() != "" {
 		return &BlockedError{Addr: addr, Class: Classify(addr)}
+	}
+	for _, p := range g.deny {
+		if p.Contains(addr) || (addr.Is4In6() && p.Contains(addr.Unmap())) {
+			return &BlockedError{Addr: addr, Class: ClusterNetwork}
+		}
 	}
 	if err := g.policy.SafeAddr(addr); err != nil {
 		return &BlockedError{Addr: addr, Class: Classify(addr)}

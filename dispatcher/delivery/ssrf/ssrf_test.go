@@ -334,3 +334,42 @@ func FuzzClassifyAddress(f *testing.F) {
 		}
 	})
 }
+
+// TestGuardDeniesClusterCIDRs: the cluster's pod and Service ranges
+// (WithDenied, the dispatcher's --cluster-cidrs) are refused even when they
+// are public and even inside the allowlist; other addresses are unchanged.
+func TestGuardDeniesClusterCIDRs(t *testing.T) {
+	podCIDR := netip.MustParsePrefix("93.184.0.0/16")      // publicly routable
+	serviceCIDR := netip.MustParsePrefix("2a00:1450::/32") // publicly routable
+	allow := []netip.Prefix{netip.MustParsePrefix("93.0.0.0/8"), netip.MustParsePrefix("127.0.0.0/8")}
+	g := New(allow, WithDenied(podCIDR, serviceCIDR))
+	for _, tc := range []struct {
+		addr string
+		want Class // "" = permitted
+	}{
+		{"93.184.216.34", ClusterNetwork},
+		{"93.184.0.1", ClusterNetwork},
+		{"::ffff:93.184.216.34", ClusterNetwork},
+		{"2a00:1450:4001::1", ClusterNetwork},
+		{"93.185.0.1", ""},      // allowlisted, outside the pod range
+		{"127.0.0.1", ""},       // allowlisted
+		{"2606:4700::1111", ""}, // public
+		{"169.254.169.254", LinkLocal},
+	} {
+		err := g.Check(netip.MustParseAddr(tc.addr))
+		var blocked *BlockedError
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: refused: %v", tc.addr, err)
+		case tc.want != "" && (!errors.As(err, &blocked) || blocked.Class != tc.want):
+			t.Errorf("%s: got %v, want refused as %s", tc.addr, err, tc.want)
+		}
+	}
+	// Without the deny list the same pod address is an ordinary public one.
+	if err := New(nil).Check(netip.MustParseAddr("93.184.216.34")); err != nil {
+		t.Errorf("default policy: %v", err)
+	}
+	if got := g.Denylist(); len(got) != 2 || got[0] != podCIDR || got[1] != serviceCIDR {
+		t.Errorf("Denylist() = %v", got)
+	}
+}
