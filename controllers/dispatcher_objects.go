@@ -179,6 +179,24 @@ type DispatcherConfig struct {
 	HealthPort int
 	// StorePath is where the embedded JetStream server keeps its file store.
 	StorePath string
+
+	// Ingest abuse limits, passed to the dispatcher's flags of the same
+	// names without the dispatcher- prefix. Zero leaves the dispatcher's
+	// default (it owns the numbers; see its -h). omitempty keeps the hash,
+	// and so the pods, of a configuration that sets none unchanged.
+	//
+	// IngestNamespaceRate is the requests per second one namespace may
+	// make; IngestNamespaceBurst how many at once.
+	IngestNamespaceRate  float64 `json:",omitempty"`
+	IngestNamespaceBurst int     `json:",omitempty"`
+	// IngestNamespaceMaxInFlight is the requests of one namespace served at
+	// once.
+	IngestNamespaceMaxInFlight int `json:",omitempty"`
+	// IngestMaxConnections is the ingest connections served at once.
+	IngestMaxConnections int `json:",omitempty"`
+	// TokenReviewRate is the TokenReviews per second for tokens without a
+	// cached decision.
+	TokenReviewRate float64 `json:",omitempty"`
 }
 
 // DefaultDispatcherConfig returns the configuration the flags default to.
@@ -255,6 +273,26 @@ func (c *DispatcherConfig) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.HealthPort, "dispatcher-health-port", d.HealthPort, "Port of the dispatcher's /healthz and /readyz.")
 	fs.StringVar(&c.StorePath, "dispatcher-store-path", d.StorePath,
 		"Directory of the embedded JetStream file store inside the dispatcher container.")
+	c.bindIngestLimitFlags(fs)
+}
+
+// bindIngestLimitFlags registers the flags of the dispatcher's ingest abuse
+// limits. The defaults are the dispatcher's, named in the help.
+func (c *DispatcherConfig) bindIngestLimitFlags(fs *flag.FlagSet) {
+	const keep = " 0 keeps the dispatcher's default"
+	fs.Float64Var(&c.IngestNamespaceRate, "dispatcher-ingest-namespace-rate", 0,
+		"Ingest requests per second one namespace may make, beyond which it is answered 429."+keep+
+			", no rate limit: one namespace publishing thousands of events a second is normal use.")
+	fs.IntVar(&c.IngestNamespaceBurst, "dispatcher-ingest-namespace-burst", 0,
+		"Requests a namespace may make at once under --dispatcher-ingest-namespace-rate."+keep+", one second's worth.")
+	fs.IntVar(&c.IngestNamespaceMaxInFlight, "dispatcher-ingest-namespace-max-in-flight", 0,
+		"Ingest requests of one namespace served at once, beyond which it is answered 429."+keep+
+			", 32 of the 64 in all, so one namespace's burst leaves half to the others.")
+	fs.IntVar(&c.IngestMaxConnections, "dispatcher-ingest-max-connections", 0,
+		"Ingest connections served at once; further ones wait to be accepted."+keep+", 1024.")
+	fs.Float64Var(&c.TokenReviewRate, "dispatcher-token-review-rate", 0,
+		"TokenReviews per second for publisher tokens without a cached decision, beyond which ingest answers 429."+keep+
+			", 50 (burst 100): enough for 500 publishing pods, while a flood of made-up tokens stays 50 API calls a second.")
 }
 
 // cidrListVar registers a cidrListFlag named name on fs, writing into list,
@@ -352,6 +390,7 @@ func (c DispatcherConfig) Validate() error {
 		errs.add("dispatcher-log-level", "%q is not one of %s", c.LogLevel, strings.Join(dispatcherLogLevels, ", "))
 	}
 
+	c.validateIngestLimits(&errs)
 	c.validateStorage(&errs)
 	c.validateResources(&errs)
 	c.validatePorts(&errs)
@@ -363,6 +402,31 @@ type flagErrors []error
 
 func (e *flagErrors) add(flagName, format string, args ...any) {
 	*e = append(*e, fmt.Errorf("--%s: %s", flagName, fmt.Sprintf(format, args...)))
+}
+
+// ingestLimit is one ingest limit: the dispatcher's flag (the manager's
+// has the dispatcher- prefix) and its value.
+type ingestLimit struct {
+	flag  string
+	value float64
+}
+
+func (c DispatcherConfig) ingestLimits() []ingestLimit {
+	return []ingestLimit{
+		{"ingest-namespace-rate", c.IngestNamespaceRate},
+		{"ingest-namespace-burst", float64(c.IngestNamespaceBurst)},
+		{"ingest-namespace-max-in-flight", float64(c.IngestNamespaceMaxInFlight)},
+		{"ingest-max-connections", float64(c.IngestMaxConnections)},
+		{"token-review-rate", c.TokenReviewRate},
+	}
+}
+
+func (c DispatcherConfig) validateIngestLimits(errs *flagErrors) {
+	for _, l := range c.ingestLimits() {
+		if !(l.value >= 0) || math.IsInf(l.value, 1) {
+			errs.add("dispatcher-"+l.flag, "must be 0 (the dispatcher's default) or positive, got %v", l.value)
+		}
+	}
 }
 
 func (c DispatcherConfig) validateStorage(errs *flagErrors) {
@@ -776,7 +840,20 @@ func dispatcherArgs(cfg DispatcherConfig) []string {
 	if limit, ok := goMemoryLimit(cfg.MemoryLimit); ok {
 		args = append(args, "--memory-limit="+limit)
 	}
+	args = append(args, ingestLimitArgs(cfg)...)
 	return append(args, "--log-level="+cfg.LogLevel)
+}
+
+// ingestLimitArgs passes the ingest limits that are set; the dispatcher
+// applies its defaults to the others.
+func ingestLimitArgs(cfg DispatcherConfig) []string {
+	var args []string
+	for _, a := range cfg.ingestLimits() {
+		if a.value > 0 {
+			args = append(args, "--"+a.flag+"="+strconv.FormatFloat(a.value, 'g', -1, 64))
+		}
+	}
+	return args
 }
 
 // goMemoryLimit is the Go runtime's soft memory limit (in bytes) for a

@@ -20,6 +20,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"math"
 	"reflect"
 	"slices"
 	"strings"
@@ -385,6 +386,7 @@ func TestDispatcherConfigHash(t *testing.T) {
 		{"log level", func(c *DispatcherConfig) { c.LogLevel = "debug" }, true},
 		{"memory limit", func(c *DispatcherConfig) { c.MemoryLimit = "1Gi" }, true},
 		{"storage size", func(c *DispatcherConfig) { c.StorageSize = "20Gi" }, true},
+		{"ingest namespace rate", func(c *DispatcherConfig) { c.IngestNamespaceRate = 100 }, true},
 		// Scaling must not restart the pods.
 		{"replicas", func(c *DispatcherConfig) { c.Replicas = 5 }, false},
 		{"empty instead of nil CIDRs", func(c *DispatcherConfig) { c.AllowedCIDRs = []string{} }, false},
@@ -444,6 +446,13 @@ func TestDispatcherConfigValidate(t *testing.T) {
 		{"port collision", func(c *DispatcherConfig) { c.HealthPort = 8080 }, "--dispatcher-health-port"},
 		{"relative store path", func(c *DispatcherConfig) { c.StorePath = "data" }, "--dispatcher-store-path"},
 		{"store path under /tmp", func(c *DispatcherConfig) { c.StorePath = "/tmp/js" }, "--dispatcher-store-path"},
+		{"ingest limits", func(c *DispatcherConfig) {
+			c.IngestNamespaceRate, c.IngestNamespaceBurst, c.IngestNamespaceMaxInFlight = 0.5, 10, 8
+			c.IngestMaxConnections, c.TokenReviewRate = 256, 20
+		}, ""},
+		{"negative namespace rate", func(c *DispatcherConfig) { c.IngestNamespaceRate = -1 }, "--dispatcher-ingest-namespace-rate"},
+		{"NaN token review rate", func(c *DispatcherConfig) { c.TokenReviewRate = math.NaN() }, "--dispatcher-token-review-rate"},
+		{"negative max connections", func(c *DispatcherConfig) { c.IngestMaxConnections = -1 }, "--dispatcher-ingest-max-connections"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := DefaultDispatcherConfig()
@@ -604,6 +613,11 @@ func TestDispatcherBindFlags(t *testing.T) {
 		"--dispatcher-nats-credentials-secret=nats-user",
 		"--dispatcher-nats-nkey-secret=nats-seed",
 		"--dispatcher-nats-tls-secret=nats-tls",
+		"--dispatcher-ingest-namespace-rate=2.5",
+		"--dispatcher-ingest-namespace-burst=10",
+		"--dispatcher-ingest-namespace-max-in-flight=8",
+		"--dispatcher-ingest-max-connections=256",
+		"--dispatcher-token-review-rate=20",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -616,6 +630,26 @@ func TestDispatcherBindFlags(t *testing.T) {
 	}
 	if cfg.Image != DefaultDispatcherImage || cfg.StorePath != DefaultDispatcherStorePath {
 		t.Errorf("unset flags must keep their defaults: %+v", cfg)
+	}
+
+	// The ingest limits reach the dispatcher's flags; unset, none is passed
+	// and the dispatcher's defaults apply.
+	limitArgs := func(cfg DispatcherConfig) []string {
+		var out []string
+		for _, a := range dispatcherArgs(cfg) {
+			if strings.HasPrefix(a, "--ingest-namespace-") || strings.HasPrefix(a, "--ingest-max-") || strings.HasPrefix(a, "--token-review-") {
+				out = append(out, a)
+			}
+		}
+		return out
+	}
+	want := []string{"--ingest-namespace-rate=2.5", "--ingest-namespace-burst=10", "--ingest-namespace-max-in-flight=8",
+		"--ingest-max-connections=256", "--token-review-rate=20"}
+	if got := limitArgs(cfg); !slices.Equal(got, want) {
+		t.Errorf("ingest limit args: got %q, want %q", got, want)
+	}
+	if got := limitArgs(defaults); got != nil {
+		t.Errorf("default config passes ingest limit args %q, want none", got)
 	}
 }
 

@@ -67,6 +67,7 @@ type options struct {
 	clusterCIDRs   string
 	insecureIngest bool
 	maxBodyBytes   int64
+	limits         ingestLimits
 	drainTimeout   time.Duration
 	statusInterval time.Duration
 	unmatchedHold  time.Duration
@@ -105,6 +106,7 @@ func main() {
 	flag.StringVar(&o.clusterCIDRs, "cluster-cidrs", "", "Comma-separated pod and Service CIDRs of the cluster. Deliveries never reach them, even when they are publicly routable and even inside --allowed-cidrs.")
 	flag.BoolVar(&o.insecureIngest, "insecure-ingest", false, "DEVELOPMENT ONLY: accept events without authentication or authorization.")
 	flag.Int64Var(&o.maxBodyBytes, "max-body-bytes", ingest.DefaultMaxBodyBytes, "Largest accepted ingest request body.")
+	o.limits.bindFlags(flag.CommandLine)
 	flag.DurationVar(&o.drainTimeout, "drain-timeout", 45*time.Second, "How long shutdown waits for in-flight deliveries.")
 	flag.DurationVar(&o.statusInterval, "status-interval", 5*time.Second, "How often delivery health is written to status (at most once per object per interval).")
 	flag.DurationVar(&o.unmatchedHold, "unmatched-hold", router.DefaultUnmatchedHold, "How long an event that matches no Subscription is held, instead of discarded, while a WebhookEndpoint or Subscription of its namespace is being reconciled (an edit in flight, the manager restarting).")
@@ -190,6 +192,9 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	if err := tuneGC(o); err != nil {
+		return err
+	}
+	if err := o.limits.validate(); err != nil {
 		return err
 	}
 	if o.natsURL == "" && o.storeDir == "" {
@@ -316,19 +321,9 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("router: %w", err)
 	}
 
-	authOpts := ingest.CacheOptions{}
-	handler, err := ingest.NewHandler(ingest.Options{
-		Queue:         q,
-		Namespaces:    ingest.NewAPINamespaceChecker(clientset, authOpts),
-		Authenticator: ingest.NewTokenReviewAuthenticator(clientset, o.audience, authOpts),
-		Authorizer:    ingest.NewSubjectAccessReviewAuthorizer(clientset, authOpts),
-		Insecure:      o.insecureIngest,
-		MaxBodyBytes:  o.maxBodyBytes,
-		Registerer:    metrics.Registry,
-		Log:           log.WithName("ingest"),
-	})
+	handler, err := newIngestHandler(o, q, clientset, log.WithName("ingest"))
 	if err != nil {
-		return fmt.Errorf("ingest: %w", err)
+		return err
 	}
 
 	// Stages run as manager runnables: they start after the caches synced
@@ -346,7 +341,9 @@ func run(ctx context.Context, o options) error {
 		log:          log,
 		drainTimeout: o.drainTimeout,
 		catalog:      cat,
-		ingest:       func(ctx context.Context) error { return serveIngest(ctx, o.ingestAddr, handler) },
+		ingest: func(ctx context.Context) error {
+			return serveIngest(ctx, o.ingestAddr, handler, ingest.ServerOptions{MaxConnections: o.limits.maxConnections})
+		},
 		removeOrphans: func(ctx context.Context) error {
 			return removeOrphans(ctx, log.WithName("queue"), q, mgr.GetAPIReader())
 		},
@@ -440,17 +437,79 @@ func modeOf(o options) string {
 	return "embedded JetStream"
 }
 
+// ingestLimits are the ingest's abuse limits set by flags.
+type ingestLimits struct {
+	namespaceRate        float64
+	namespaceBurst       int
+	namespaceMaxInFlight int
+	maxConnections       int
+	tokenReviewRate      float64
+}
+
+func (l *ingestLimits) bindFlags(fs *flag.FlagSet) {
+	fs.Float64Var(&l.namespaceRate, "ingest-namespace-rate", ingest.DefaultNamespaceRate,
+		"Ingest requests per second each namespace may make (a batch of up to 100 events is one request); beyond it 429 with Retry-After. "+
+			"0, the default, is no rate limit: a single namespace publishing thousands of events a second is normal, and "+
+			"--ingest-namespace-max-in-flight already keeps one namespace from taking every request slot.")
+	fs.IntVar(&l.namespaceBurst, "ingest-namespace-burst", 0,
+		"Requests a namespace may make at once under --ingest-namespace-rate; 0 is one second's worth.")
+	fs.IntVar(&l.namespaceMaxInFlight, "ingest-namespace-max-in-flight", ingest.DefaultNamespaceMaxConcurrentRequests,
+		fmt.Sprintf("Ingest requests of one namespace served at once, of the %d in all; beyond it 429 with Retry-After. "+
+			"The default, half, leaves the other half to the other namespaces; a publisher needs far fewer for full throughput.",
+			ingest.DefaultMaxConcurrentRequests))
+	fs.IntVar(&l.maxConnections, "ingest-max-connections", ingest.DefaultMaxConnections,
+		"Ingest connections served at once; further ones wait to be accepted. Bounds the memory idle and slow connections take (about 20 KiB each).")
+	fs.Float64Var(&l.tokenReviewRate, "token-review-rate", ingest.DefaultTokenReviewRate,
+		fmt.Sprintf("TokenReviews per second (burst %d) for bearer tokens without a cached decision; beyond it 429 with Retry-After, "+
+			"so a flood of made-up tokens does not become a flood of API calls. A valid token is reviewed once per %s, so the default keeps 500 publishing pods authenticated.",
+			ingest.DefaultTokenReviewBurst, ingest.DefaultAllowTTL))
+}
+
+func (l ingestLimits) validate() error {
+	if l.namespaceRate < 0 || l.namespaceBurst < 0 || l.namespaceMaxInFlight < 1 || l.maxConnections < 1 || l.tokenReviewRate <= 0 {
+		return errors.New("--ingest-namespace-rate and --ingest-namespace-burst must not be negative; " +
+			"--ingest-namespace-max-in-flight, --ingest-max-connections and --token-review-rate must be positive")
+	}
+	return nil
+}
+
+// newIngestHandler builds the ingest handler with its authentication,
+// authorization and limits.
+func newIngestHandler(o options, q *queue.Queue, clientset kubernetes.Interface, log logr.Logger) (*ingest.Handler, error) {
+	authOpts := ingest.CacheOptions{}
+	handler, err := ingest.NewHandler(ingest.Options{
+		Queue:      q,
+		Namespaces: ingest.NewAPINamespaceChecker(clientset, authOpts),
+		Authenticator: ingest.NewTokenReviewAuthenticator(clientset, o.audience, authOpts,
+			ingest.ReviewLimit{Rate: o.limits.tokenReviewRate}),
+		Authorizer:                     ingest.NewSubjectAccessReviewAuthorizer(clientset, authOpts),
+		Insecure:                       o.insecureIngest,
+		MaxBodyBytes:                   o.maxBodyBytes,
+		NamespaceRate:                  o.limits.namespaceRate,
+		NamespaceBurst:                 o.limits.namespaceBurst,
+		NamespaceMaxConcurrentRequests: o.limits.namespaceMaxInFlight,
+		Registerer:                     metrics.Registry,
+		Log:                            log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
+	}
+	return handler, nil
+}
+
 // serveIngest serves the ingest handler until ctx ends, then lets requests
 // in progress finish: an event is acknowledged (202) only after JetStream
-// stored it, so a request cut short is retried by its publisher.
-func serveIngest(ctx context.Context, addr string, h http.Handler) error {
+// stored it, so a request cut short is retried by its publisher. The
+// server's deadlines and connection limit keep slow and idle clients from
+// holding its resources.
+func serveIngest(ctx context.Context, addr string, h http.Handler, opts ingest.ServerOptions) error {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("ingest listen on %s: %w", addr, err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
+	srv := ingest.NewServer(h, opts)
 	errCh := make(chan error, 1)
-	go func() { errCh <- srv.Serve(l) }()
+	go func() { errCh <- srv.Serve(ingest.LimitConnections(l, opts)) }()
 	select {
 	case err := <-errCh:
 		return fmt.Errorf("ingest server: %w", err)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -41,9 +42,28 @@ const (
 	// almost at once, yet long enough that a client retrying in a tight loop
 	// does not turn every request into an API call.
 	DefaultDenyTTL = 2 * time.Second
+	// DefaultTokenDenyTTL is how long a rejected token is remembered. Longer
+	// than DefaultDenyTTL because a token's rejection is final — a bad
+	// signature, an expired token, the wrong audience, a deleted service
+	// account never become valid — so only a flood of one bad token is
+	// affected, and it costs one TokenReview per 10s instead of one per 2s.
+	DefaultTokenDenyTTL = 10 * time.Second
 	// DefaultCacheEntries bounds each decision cache; the least recently
 	// used entries are dropped first.
 	DefaultCacheEntries = 4096
+)
+
+// Defaults of ReviewLimit.
+const (
+	// DefaultTokenReviewRate bounds the TokenReviews made for tokens not in
+	// the cache, per second. Valid tokens are reviewed once per
+	// DefaultAllowTTL, so 50/s keeps 500 publishing identities (pods)
+	// authenticated at once, while a flood of made-up tokens costs the API
+	// server at most 50 reviews a second instead of one per request.
+	DefaultTokenReviewRate = 50
+	// DefaultTokenReviewBurst lets 100 new identities, say a Deployment
+	// rolling out, authenticate at once.
+	DefaultTokenReviewBurst = 100
 )
 
 // maxTokenBytes bounds the bearer tokens sent to TokenReview; Kubernetes
@@ -81,7 +101,8 @@ func (e *UnauthenticatedError) Error() string { return e.Reason }
 type CacheOptions struct {
 	// AllowTTL is how long a positive decision is cached; default 10s.
 	AllowTTL time.Duration
-	// DenyTTL is how long a negative decision is cached; default 2s.
+	// DenyTTL is how long a negative decision is cached; default 2s
+	// (DefaultTokenDenyTTL, 10s, for rejected tokens).
 	DenyTTL time.Duration
 	// MaxEntries bounds the cache; default 4096.
 	MaxEntries int
@@ -122,11 +143,17 @@ func (realClock) Now() time.Time { return time.Now() }
 
 // get returns the cached value for key or computes it with review, caching
 // the result for AllowTTL or DenyTTL as allowed says. Errors are not cached.
+// Concurrent and back-to-back look-ups of one key make one review.
 func (c *decisionCache) get(ctx context.Context, key string, review func(context.Context) (value any, allowed bool, err error)) (any, error) {
 	if v, ok := c.lru.Get(key); ok {
 		return v, nil
 	}
 	v, err, _ := c.flight.Do(key, func() (any, error) {
+		// A flight that ended between the look-up above and this one
+		// cached its answer already.
+		if v, ok := c.lru.Get(key); ok {
+			return v, nil
+		}
 		// The review is shared by concurrent callers, so it must not end
 		// when the first caller's request does.
 		reviewCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reviewTimeout)
@@ -162,26 +189,74 @@ func hashKey(domain string, fields ...string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
+// ReviewLimit bounds the TokenReviews an authenticator makes for tokens it
+// has no cached decision for. Zero fields take the defaults.
+type ReviewLimit struct {
+	// Rate is the sustained TokenReviews per second; default 50.
+	Rate float64
+	// Burst is how many may be made at once; default 100.
+	Burst int
+}
+
+// ErrTokenReviewThrottled is returned by AuthenticateToken when a token
+// would need a TokenReview and the ReviewLimit is spent; ingest answers 429
+// with Retry-After and does not call the API server.
+var ErrTokenReviewThrottled = errors.New("too many TokenReviews")
+
+// TokenReviewThrottledError is ErrTokenReviewThrottled with the wait until
+// a review is possible again.
+type TokenReviewThrottledError struct {
+	RetryAfter time.Duration
+}
+
+func (e *TokenReviewThrottledError) Error() string { return ErrTokenReviewThrottled.Error() }
+
+// Is makes errors.Is(err, ErrTokenReviewThrottled) hold.
+func (e *TokenReviewThrottledError) Is(target error) bool { return target == ErrTokenReviewThrottled }
+
 // TokenReviewAuthenticator authenticates bearer tokens with the Kubernetes
-// TokenReview API for one audience, caching the decisions briefly.
+// TokenReview API for one audience, caching the decisions briefly and
+// bounding the rate of reviews.
 type TokenReviewAuthenticator struct {
 	client   kubernetes.Interface
 	audience string
 	cache    *decisionCache
+	clock    cache.Clock
+	reviews  *rate.Limiter
 }
 
 // NewTokenReviewAuthenticator returns an Authenticator that accepts tokens
 // the API server validates for audience (DefaultAudience, "herald.dev", when
-// empty). The dispatcher needs create on tokenreviews.authentication.k8s.io.
-func NewTokenReviewAuthenticator(client kubernetes.Interface, audience string, opts CacheOptions) *TokenReviewAuthenticator {
-	return newTokenReviewAuthenticator(client, audience, opts, nil)
+// empty). Rejected tokens are cached for DefaultTokenDenyTTL unless
+// opts.DenyTTL says otherwise. The dispatcher needs create on
+// tokenreviews.authentication.k8s.io.
+func NewTokenReviewAuthenticator(client kubernetes.Interface, audience string, opts CacheOptions, limit ReviewLimit) *TokenReviewAuthenticator {
+	return newTokenReviewAuthenticator(client, audience, opts, limit, nil)
 }
 
-func newTokenReviewAuthenticator(client kubernetes.Interface, audience string, opts CacheOptions, clock cache.Clock) *TokenReviewAuthenticator {
+func newTokenReviewAuthenticator(client kubernetes.Interface, audience string, opts CacheOptions, limit ReviewLimit, clock cache.Clock) *TokenReviewAuthenticator {
 	if audience == "" {
 		audience = heraldv1alpha1.DefaultAudience
 	}
-	return &TokenReviewAuthenticator{client: client, audience: audience, cache: newDecisionCache(opts, clock)}
+	if opts.DenyTTL <= 0 {
+		opts.DenyTTL = DefaultTokenDenyTTL
+	}
+	if limit.Rate <= 0 {
+		limit.Rate = DefaultTokenReviewRate
+	}
+	if limit.Burst <= 0 {
+		limit.Burst = DefaultTokenReviewBurst
+	}
+	if clock == nil {
+		clock = realClock{}
+	}
+	return &TokenReviewAuthenticator{
+		client:   client,
+		audience: audience,
+		cache:    newDecisionCache(opts, clock),
+		clock:    clock,
+		reviews:  rate.NewLimiter(rate.Limit(limit.Rate), limit.Burst),
+	}
 }
 
 // Audience is the token audience this authenticator requires.
@@ -199,6 +274,9 @@ func (a *TokenReviewAuthenticator) AuthenticateToken(ctx context.Context, token 
 		return authenticationv1.UserInfo{}, &UnauthenticatedError{Reason: fmt.Sprintf("bearer token is longer than %d bytes", maxTokenBytes)}
 	}
 	v, err := a.cache.get(ctx, hashKey("herald-ingest-token/v1", a.audience, token), func(ctx context.Context) (any, bool, error) {
+		if wait := reserve(a.reviews, a.clock.Now()); wait > 0 {
+			return nil, false, &TokenReviewThrottledError{RetryAfter: wait}
+		}
 		return a.review(ctx, token)
 	})
 	if err != nil {

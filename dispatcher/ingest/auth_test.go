@@ -208,7 +208,7 @@ func newAuthFixture(t *testing.T) *authFixture {
 	h, err := NewHandler(Options{
 		Queue:         f.q,
 		Namespaces:    NewAPINamespaceChecker(testKube, CacheOptions{}),
-		Authenticator: newTokenReviewAuthenticator(client, "", CacheOptions{}, af.clock),
+		Authenticator: newTokenReviewAuthenticator(client, "", CacheOptions{}, ReviewLimit{}, af.clock),
 		Authorizer:    newSubjectAccessReviewAuthorizer(client, CacheOptions{}, af.clock),
 		Registerer:    f.registry,
 		Log:           testr.NewWithInterface(t, testr.Options{}),
@@ -358,11 +358,17 @@ func TestAuthDecisionsAreCached(t *testing.T) {
 		}
 	}
 	expect("two wrong-audience requests", 4, 4)
+	// A rejected token is remembered for the longer token deny TTL.
 	af.clock.Step(DefaultDenyTTL + time.Second)
 	if r := post(t, url, bearer(wrongAudience), eventJSON(t, nil)); r.status != http.StatusUnauthorized {
 		t.Fatalf("wrong audience: status %d, want 401", r.status)
 	}
-	expect("wrong-audience request after the deny TTL", 5, 4)
+	expect("wrong-audience request after the deny TTL", 4, 4)
+	af.clock.Step(DefaultTokenDenyTTL)
+	if r := post(t, url, bearer(wrongAudience), eventJSON(t, nil)); r.status != http.StatusUnauthorized {
+		t.Fatalf("wrong audience: status %d, want 401", r.status)
+	}
+	expect("wrong-audience request after the token deny TTL", 5, 4)
 
 	if n := storedCount(t, af.q); n != 3 {
 		t.Errorf("%d events stored, want the 3 accepted", n)
@@ -488,7 +494,7 @@ func TestTokenReviewAuthenticatorAudience(t *testing.T) {
 	token := mintToken(t, ns, "sa", "custom.example")
 	waitTokenReview(t, mintToken(t, ns, "sa", heraldv1alpha1.DefaultAudience), true)
 
-	custom := NewTokenReviewAuthenticator(testKube, "custom.example", CacheOptions{})
+	custom := NewTokenReviewAuthenticator(testKube, "custom.example", CacheOptions{}, ReviewLimit{})
 	if custom.Audience() != "custom.example" {
 		t.Fatalf("Audience() = %q", custom.Audience())
 	}
@@ -499,7 +505,7 @@ func TestTokenReviewAuthenticatorAudience(t *testing.T) {
 	if want := fmt.Sprintf("system:serviceaccount:%s:sa", ns); user.Username != want {
 		t.Errorf("user %q, want %q", user.Username, want)
 	}
-	_, err = NewTokenReviewAuthenticator(testKube, "", CacheOptions{}).AuthenticateToken(testContext(t), token)
+	_, err = NewTokenReviewAuthenticator(testKube, "", CacheOptions{}, ReviewLimit{}).AuthenticateToken(testContext(t), token)
 	var unauthenticated *UnauthenticatedError
 	if !errors.As(err, &unauthenticated) {
 		t.Fatalf("token for another audience: error %v, want an UnauthenticatedError", err)
@@ -528,7 +534,7 @@ func TestAuthBackendUnavailable(t *testing.T) {
 	h, err := NewHandler(Options{
 		Queue:         q,
 		Namespaces:    staticNamespaces("team-a"),
-		Authenticator: NewTokenReviewAuthenticator(client, "", CacheOptions{}),
+		Authenticator: NewTokenReviewAuthenticator(client, "", CacheOptions{}, ReviewLimit{}),
 		Authorizer:    NewSubjectAccessReviewAuthorizer(client, CacheOptions{}),
 	})
 	if err != nil {

@@ -20,18 +20,29 @@
 //  2. back-pressure: 429 with Retry-After when MaxConcurrentRequests
 //     requests are already being served;
 //  3. authentication (bearer token, TokenReview with Herald's audience): 401;
+//     429 with Retry-After when the token has no cached decision and the
+//     TokenReview budget (ReviewLimit) is spent;
 //  4. authorization (SubjectAccessReview for create events.herald.dev in the
 //     namespace): 403. It comes before the namespace check, so that only
 //     callers allowed to publish there learn whether a namespace exists, as
 //     with the Kubernetes API itself;
 //  5. the namespace exists: 404;
-//  6. content type: 415 for anything but the three CloudEvents forms, and for
+//  6. the namespace's limits: 429 with Retry-After past
+//     NamespaceMaxConcurrentRequests in flight or NamespaceRate. They come
+//     after authorization so that no outsider can spend a namespace's
+//     budget;
+//  7. content type: 415 for anything but the three CloudEvents forms, and for
 //     any Content-Encoding;
-//  7. body size: 413 over MaxBodyBytes, or over MaxBatchEvents events;
-//  8. decoding and validation: 400 naming the attribute (and, in a batch, the
+//  8. body size: 413 over MaxBodyBytes, or over MaxBatchEvents events; 408
+//     when the body does not arrive within BodyReadTimeout;
+//  9. decoding and validation: 400 naming the attribute (and, in a batch, the
 //     index of the event);
-//  9. storage: 503 with Retry-After when the queue is full or unreachable,
+//  10. storage: 503 with Retry-After when the queue is full or unreachable,
 //     413 when an event exceeds the queue's message size.
+//
+// NewServer and LimitConnections bound what a connection can hold before a
+// request reaches the handler: header and idle deadlines and a maximum of
+// connections served at once.
 //
 // Error bodies are JSON: {"error": "...", "field": "id", "index": 3}; they
 // never contain the bearer token.

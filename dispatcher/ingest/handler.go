@@ -9,11 +9,13 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/util/cache"
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/herald-dev/herald/dispatcher/queue"
@@ -80,10 +82,29 @@ type Options struct {
 	MaxConcurrentRequests int
 	// PublishTimeout bounds storing one request's events; default 10s.
 	PublishTimeout time.Duration
+	// BodyReadTimeout bounds reading one request's body, from when the
+	// handler starts to; a client that has not sent it all by then is
+	// answered 408 and disconnected. Default 10s.
+	BodyReadTimeout time.Duration
+	// NamespaceRate limits the requests per second each namespace may make
+	// (after authorization); beyond it they are answered 429 with
+	// Retry-After. Zero, the default, is no rate limit.
+	NamespaceRate float64
+	// NamespaceBurst is how many requests a namespace may make at once
+	// under NamespaceRate; default one second's worth.
+	NamespaceBurst int
+	// NamespaceMaxConcurrentRequests limits the requests of one namespace
+	// served at once, so that one namespace cannot take every request slot;
+	// beyond it they are answered 429 with Retry-After. Default half of
+	// MaxConcurrentRequests.
+	NamespaceMaxConcurrentRequests int
 	// Registerer receives the ingest metrics; nil registers none.
 	Registerer prometheus.Registerer
 	// Log receives the handler's log. Tokens are never logged.
 	Log logr.Logger
+
+	// clock drives the namespace rate limits; tests set a fake one.
+	clock cache.Clock
 }
 
 // Handler serves POST /v1/namespaces/{namespace}/events. See the package
@@ -92,6 +113,7 @@ type Handler struct {
 	opts     Options
 	mux      *http.ServeMux
 	inFlight chan struct{}
+	limits   *namespaceLimits
 	metrics  *metrics
 	log      logr.Logger
 	audience string // for the 401 message; empty when unknown
@@ -156,6 +178,18 @@ func NewHandler(opts Options) (*Handler, error) {
 	if opts.PublishTimeout <= 0 {
 		opts.PublishTimeout = DefaultPublishTimeout
 	}
+	if opts.BodyReadTimeout <= 0 {
+		opts.BodyReadTimeout = DefaultBodyReadTimeout
+	}
+	if opts.NamespaceMaxConcurrentRequests <= 0 {
+		opts.NamespaceMaxConcurrentRequests = max(1, opts.MaxConcurrentRequests/2)
+	}
+	if opts.NamespaceRate < 0 || opts.NamespaceBurst < 0 {
+		return nil, errors.New("ingest: Options.NamespaceRate and Options.NamespaceBurst must not be negative")
+	}
+	if opts.clock == nil {
+		opts.clock = realClock{}
+	}
 	m, err := newMetrics(opts.Registerer)
 	if err != nil {
 		return nil, err
@@ -164,6 +198,7 @@ func NewHandler(opts Options) (*Handler, error) {
 		opts:     opts,
 		mux:      http.NewServeMux(),
 		inFlight: make(chan struct{}, opts.MaxConcurrentRequests),
+		limits:   newNamespaceLimits(opts.NamespaceRate, opts.NamespaceBurst, opts.NamespaceMaxConcurrentRequests, opts.clock),
 		metrics:  m,
 		log:      opts.Log,
 	}
@@ -211,6 +246,7 @@ func (h *Handler) serveEvents(w http.ResponseWriter, r *http.Request) {
 	case h.inFlight <- struct{}{}:
 		defer func() { <-h.inFlight }()
 	default:
+		h.metrics.throttled("", throttledInFlight)
 		h.fail(w, r, &requestError{
 			status:            http.StatusTooManyRequests,
 			index:             -1,
@@ -240,6 +276,18 @@ func (h *Handler) serveEvents(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, namespaceNotFound(namespace))
 		return
 	}
+	release, reason, wait := h.limits.acquire(namespace)
+	if release == nil {
+		h.metrics.throttled(namespace, reason)
+		h.fail(w, r, &requestError{
+			status:            http.StatusTooManyRequests,
+			index:             -1,
+			message:           fmt.Sprintf("namespace %s is publishing %s; retry later", quote(namespace), throttleMessages[reason]),
+			retryAfterSeconds: retryAfterSeconds(wait),
+		})
+		return
+	}
+	defer release()
 
 	// From here on the namespace exists and the caller may publish to it,
 	// so events are counted under its name.
@@ -256,6 +304,12 @@ func (h *Handler) serveEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	h.writeJSON(w, http.StatusAccepted, resp)
 	h.metrics.request(http.StatusAccepted)
+}
+
+// throttleMessages complete "namespace x is publishing ...".
+var throttleMessages = map[string]string{
+	throttledNamespaceRate:     "faster than the per-namespace rate limit allows",
+	throttledNamespaceInFlight: "too many requests at once",
 }
 
 func namespaceNotFound(namespace string) *requestError {
@@ -295,6 +349,20 @@ func (h *Handler) authenticateAndAuthorize(ctx context.Context, w http.ResponseW
 		if errors.As(err, &unauthenticated) {
 			h.log.V(1).Info("Rejected bearer token", "namespace", namespace, "reason", unauthenticated.Reason)
 			return unauthorized(unauthenticated.Reason, true)
+		}
+		if errors.Is(err, ErrTokenReviewThrottled) {
+			wait := time.Second
+			var throttled *TokenReviewThrottledError
+			if errors.As(err, &throttled) {
+				wait = throttled.RetryAfter
+			}
+			h.metrics.throttled("", throttledTokenReviewRate)
+			return &requestError{
+				status:            http.StatusTooManyRequests,
+				index:             -1,
+				message:           "too many new bearer tokens to verify at once; retry later",
+				retryAfterSeconds: retryAfterSeconds(wait),
+			}
 		}
 		h.log.Error(err, "Token authentication failed", "namespace", namespace)
 		return &requestError{
@@ -421,17 +489,37 @@ func (h *Handler) tooLarge() *requestError {
 	}
 }
 
+// readBody reads the body within BodyReadTimeout, so a client that stalls
+// holds its request slot no longer.
 func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *requestError) {
 	if r.ContentLength > h.opts.MaxBodyBytes {
 		return nil, h.tooLarge()
 	}
+	rc := http.NewResponseController(w)
+	// Servers that cannot set deadlines (httptest.ResponseRecorder) rely
+	// on their own.
+	deadlineSet := rc.SetReadDeadline(time.Now().Add(h.opts.BodyReadTimeout)) == nil
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.opts.MaxBodyBytes))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
 			return nil, h.tooLarge()
 		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			w.Header().Set("Connection", "close")
+			return nil, &requestError{
+				status:  http.StatusRequestTimeout,
+				index:   -1,
+				message: fmt.Sprintf("the request body did not arrive within %s", h.opts.BodyReadTimeout),
+			}
+		}
 		return nil, &requestError{status: http.StatusBadRequest, index: -1, message: fmt.Sprintf("reading the request body failed: %v", err)}
+	}
+	if deadlineSet {
+		// The body is in; storing it may take longer than what is left,
+		// and the server's background read must not see a deadline as the
+		// client going away.
+		_ = rc.SetReadDeadline(time.Time{})
 	}
 	return body, nil
 }

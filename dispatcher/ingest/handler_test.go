@@ -15,6 +15,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/go-logr/logr/funcr"
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/herald-dev/herald/dispatcher/queue"
@@ -534,16 +535,7 @@ func TestMetrics(t *testing.T) {
 	post(t, f.url("team-z"), structuredHeader(), eventJSON(t, nil))                                                                         // unknown namespace: no event series
 	do(t, http.MethodGet, f.url("team-a"), nil, nil)
 
-	families, err := f.registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]float64{}
-	for _, mf := range families {
-		for _, m := range mf.GetMetric() {
-			got[mf.GetName()+labelString(m)] = m.GetCounter().GetValue()
-		}
-	}
+	got := gatherCounters(t, f.registry)
 	want := map[string]float64{
 		`herald_ingest_requests_total{code="202"}`:                          2,
 		`herald_ingest_requests_total{code="400"}`:                          1,
@@ -563,6 +555,23 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
+// gatherCounters returns the registry's counters by name and labels, as
+// name{label="value",...}.
+func gatherCounters(t testing.TB, registry *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	families, err := registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range families {
+		for _, m := range mf.GetMetric() {
+			got[mf.GetName()+labelString(m)] = m.GetCounter().GetValue()
+		}
+	}
+	return got
+}
+
 func labelString(m *dto.Metric) string {
 	var parts []string
 	for _, l := range m.GetLabel() {
@@ -574,7 +583,7 @@ func labelString(m *dto.Metric) string {
 func TestNewHandlerOptions(t *testing.T) {
 	q := &blockingQueue{}
 	ns := staticNamespaces()
-	fakeAuthn := NewTokenReviewAuthenticator(nil, "", CacheOptions{})
+	fakeAuthn := NewTokenReviewAuthenticator(nil, "", CacheOptions{}, ReviewLimit{})
 	fakeAuthz := NewSubjectAccessReviewAuthorizer(nil, CacheOptions{})
 	tests := []struct {
 		name string
@@ -607,7 +616,7 @@ func TestInsecureModeWarns(t *testing.T) {
 		t.Fatalf("insecure handler logged %q, want one loud warning", logged)
 	}
 	logged = nil
-	if _, err := NewHandler(Options{Queue: &blockingQueue{}, Namespaces: staticNamespaces(), Authenticator: NewTokenReviewAuthenticator(nil, "", CacheOptions{}), Authorizer: NewSubjectAccessReviewAuthorizer(nil, CacheOptions{}), Log: log}); err != nil {
+	if _, err := NewHandler(Options{Queue: &blockingQueue{}, Namespaces: staticNamespaces(), Authenticator: NewTokenReviewAuthenticator(nil, "", CacheOptions{}, ReviewLimit{}), Authorizer: NewSubjectAccessReviewAuthorizer(nil, CacheOptions{}), Log: log}); err != nil {
 		t.Fatal(err)
 	}
 	if len(logged) != 0 {

@@ -20,8 +20,9 @@ const (
 // known to exist and the caller is allowed to publish there, so a client
 // cannot create series by inventing namespace names.
 type metrics struct {
-	requests *prometheus.CounterVec
-	events   *prometheus.CounterVec
+	requests  *prometheus.CounterVec
+	events    *prometheus.CounterVec
+	throttles *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -34,6 +35,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "herald_ingest_events_total",
 			Help: "CloudEvents received by ingest, by namespace and result (accepted, duplicate, rejected).",
 		}, []string{"namespace", "result"}),
+		throttles: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_ingest_throttled_total",
+			Help: "Ingest requests answered 429 by namespace and reason (in_flight, token_review_rate, namespace_rate, namespace_in_flight). The namespace is empty for reasons decided before the caller is authorized.",
+		}, []string{"namespace", "reason"}),
 	}
 	if reg == nil {
 		return m, nil
@@ -43,6 +48,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, err
 	}
 	if m.events, err = register(reg, m.events); err != nil {
+		return nil, err
+	}
+	if m.throttles, err = register(reg, m.throttles); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -71,4 +79,10 @@ func (m *metrics) eventsResult(namespace, result string, n int) {
 	if n > 0 {
 		m.events.WithLabelValues(namespace, result).Add(float64(n))
 	}
+}
+
+// throttled counts a 429; namespace is "" unless the caller may publish to
+// it and it exists.
+func (m *metrics) throttled(namespace, reason string) {
+	m.throttles.WithLabelValues(namespace, reason).Inc()
 }
