@@ -136,6 +136,9 @@ type DispatcherConfig struct {
 	HealthPort int
 	// StorePath is where the embedded JetStream server keeps its file store.
 	StorePath string
+	// Scheduling places the dispatcher's pods (node selector, tolerations,
+	// affinity, priority class).
+	Scheduling DispatcherScheduling
 }
 
 // DefaultDispatcherConfig returns the configuration the flags default to.
@@ -195,6 +198,7 @@ func (c *DispatcherConfig) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.HealthPort, "dispatcher-health-port", d.HealthPort, "Port of the dispatcher's /healthz and /readyz.")
 	fs.StringVar(&c.StorePath, "dispatcher-store-path", d.StorePath,
 		"Directory of the embedded JetStream file store inside the dispatcher container.")
+	c.Scheduling.bindFlags(fs)
 }
 
 // cidrListFlag is a flag.Value holding a comma-separated list. Entries are
@@ -284,6 +288,7 @@ func (c DispatcherConfig) Validate() error {
 	c.validateStorage(&errs)
 	c.validateResources(&errs)
 	c.validatePorts(&errs)
+	c.Scheduling.validate(&errs)
 	return errors.Join(errs...)
 }
 
@@ -764,7 +769,7 @@ func DispatcherDeployment(cfg DispatcherConfig) *appsv1.Deployment {
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}
 
-	return &appsv1.Deployment{
+	deployment := &appsv1.Deployment{
 		TypeMeta:   metav1.TypeMeta{APIVersion: appsv1.SchemeGroupVersion.String(), Kind: "Deployment"},
 		ObjectMeta: dispatcherObjectMeta(cfg.Namespace),
 		Spec: appsv1.DeploymentSpec{
@@ -802,4 +807,6 @@ func DispatcherDeployment(cfg DispatcherConfig) *appsv1.Deployment {
 			},
 		},
 	}
+	cfg.Scheduling.apply(&deployment.Spec.Template.Spec)
+	return deployment
 }
