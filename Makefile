@@ -4,6 +4,8 @@
 # proxy; nothing is downloaded from anywhere else.
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 GOLANGCI_LINT_VERSION ?= v2.15.0
+HELM_VERSION ?= v3.22.0
+PROMETHEUS_VERSION ?= v0.316.0
 
 LOCALBIN ?= $(CURDIR)/bin
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
@@ -12,6 +14,8 @@ GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 # OpenAPI definitions must match the apiserver library that serves them).
 KUBE_OPENAPI_VERSION ?= $(shell go list -m -f '{{.Version}}' k8s.io/kube-openapi)
 OPENAPI_GEN ?= $(LOCALBIN)/openapi-gen-$(KUBE_OPENAPI_VERSION)
+HELM ?= $(LOCALBIN)/helm-$(HELM_VERSION)
+PROMTOOL ?= $(LOCALBIN)/promtool-$(PROMETHEUS_VERSION)
 # etcd, kube-apiserver and kubectl for envtest, the e2e test and the demo.
 ENVTEST_ASSETS ?= $(LOCALBIN)/k8s
 KUBECTL ?= $(ENVTEST_ASSETS)/kubectl
@@ -35,11 +39,12 @@ help: ## Show this help.
 ##@ Development
 
 .PHONY: manifests
-manifests: controller-gen ## Generate CRDs and RBAC (manager and dispatcher) from the API types and kubebuilder markers.
+manifests: controller-gen ## Generate CRDs and RBAC (manager and dispatcher) from the API types and kubebuilder markers; copy them into the chart.
 	$(CONTROLLER_GEN) rbac:roleName=herald-manager crd paths="./api/..." paths="./controllers/..." \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
 	$(CONTROLLER_GEN) rbac:roleName=herald-dispatcher paths="./dispatcher/rbac/..." \
 		output:rbac:artifacts:config=config/rbac/dispatcher
+	@hack/sync-chart-files.sh
 
 .PHONY: generate
 generate: controller-gen openapi-gen ## Generate DeepCopy methods and the delivery API's OpenAPI definitions.
@@ -71,8 +76,12 @@ envtest: ## Build etcd, kube-apiserver and kubectl into bin/k8s (once; about 6 m
 	@ENVTEST_ASSETS_DIR=$(ENVTEST_ASSETS) hack/envtest.sh
 
 .PHONY: test
-test: verify-generated vet envtest ## Run all tests with the race detector, envtest included.
-	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test $(GO_TEST_FLAGS) ./...
+test: verify-generated vet envtest helm promtool ## Run all tests with the race detector, envtest, chart and alert-rule tests included.
+	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) HELM=$(HELM) PROMTOOL=$(PROMTOOL) go test $(GO_TEST_FLAGS) ./...
+
+.PHONY: test-chart
+test-chart: envtest helm promtool ## Run only the Helm chart and monitoring-kit tests.
+	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) HELM=$(HELM) PROMTOOL=$(PROMTOOL) go test $(GO_TEST_FLAGS) ./test/chart/...
 
 STRESS_RUNS ?= 5
 
@@ -126,6 +135,27 @@ $(GOLANGCI_LINT):
 	@mkdir -p $(LOCALBIN)
 	GOBIN=$(LOCALBIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	@mv $(LOCALBIN)/golangci-lint $@
+
+.PHONY: helm
+helm: $(HELM) ## Build the pinned helm into bin/.
+# Stamped as helm's own Makefile does: without the Kubernetes version, helm
+# template assumes v1.20 and refuses the chart's kubeVersion.
+HELM_LDFLAGS = -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37 \
+	-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=37
+$(HELM):
+	@mkdir -p $(LOCALBIN)
+	GOBIN=$(LOCALBIN) go install -ldflags '$(HELM_LDFLAGS)' helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	@mv $(LOCALBIN)/helm $@
+
+.PHONY: promtool
+# remove_all_sd leaves out the service-discovery plugins (cloud SDKs), which
+# rule checks and rule unit tests do not use: a much smaller build.
+promtool: $(PROMTOOL) ## Build the pinned promtool (Prometheus rule checks and unit tests) into bin/.
+$(PROMTOOL):
+	@mkdir -p $(LOCALBIN)
+	GOBIN=$(LOCALBIN) go install -tags remove_all_sd github.com/prometheus/prometheus/cmd/promtool@$(PROMETHEUS_VERSION)
+	@mv $(LOCALBIN)/promtool $@
 
 ##@ Demo
 

@@ -197,6 +197,9 @@ type DispatcherConfig struct {
 	// TokenReviewRate is the TokenReviews per second for tokens without a
 	// cached decision.
 	TokenReviewRate float64 `json:",omitempty"`
+	// Scheduling places the dispatcher's pods (node selector, tolerations,
+	// affinity, priority class).
+	Scheduling DispatcherScheduling
 }
 
 // DefaultDispatcherConfig returns the configuration the flags default to.
@@ -274,6 +277,7 @@ func (c *DispatcherConfig) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.StorePath, "dispatcher-store-path", d.StorePath,
 		"Directory of the embedded JetStream file store inside the dispatcher container.")
 	c.bindIngestLimitFlags(fs)
+	c.Scheduling.bindFlags(fs)
 }
 
 // bindIngestLimitFlags registers the flags of the dispatcher's ingest abuse
@@ -394,6 +398,7 @@ func (c DispatcherConfig) Validate() error {
 	c.validateStorage(&errs)
 	c.validateResources(&errs)
 	c.validatePorts(&errs)
+	c.Scheduling.validate(&errs)
 	return errors.Join(errs...)
 }
 
@@ -990,7 +995,7 @@ func DispatcherDeployment(cfg DispatcherConfig) *appsv1.Deployment {
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}
 
-	return &appsv1.Deployment{
+	deployment := &appsv1.Deployment{
 		TypeMeta:   metav1.TypeMeta{APIVersion: appsv1.SchemeGroupVersion.String(), Kind: "Deployment"},
 		ObjectMeta: dispatcherObjectMeta(cfg.Namespace),
 		Spec: appsv1.DeploymentSpec{
@@ -1028,4 +1033,6 @@ func DispatcherDeployment(cfg DispatcherConfig) *appsv1.Deployment {
 			},
 		},
 	}
+	cfg.Scheduling.apply(&deployment.Spec.Template.Spec)
+	return deployment
 }

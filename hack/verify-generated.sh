@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 generated=(config/crd/bases config/rbac/role.yaml config/rbac/dispatcher/role.yaml api/v1alpha1/zz_generated.deepcopy.go
-  api/delivery/v1alpha1/zz_generated.deepcopy.go dispatcher/deliveryapi/openapi/zz_generated.openapi.go)
+  api/delivery/v1alpha1/zz_generated.deepcopy.go dispatcher/deliveryapi/openapi/zz_generated.openapi.go
+  charts/herald/files)
 before=$(mktemp -d)
 trap 'rm -rf "$before"' EXIT
 for p in "${generated[@]}"; do

@@ -19,6 +19,7 @@ type metrics struct {
 	deliveries   *prometheus.CounterVec
 	duration     *prometheus.HistogramVec
 	deadLettered *prometheus.CounterVec
+	failures     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -36,9 +37,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "herald_deliveries_dead_lettered_total",
 			Help: "Deliveries moved to the dead-letter stream after exhausting their retries.",
 		}, []string{"namespace", "endpoint"}),
+		// reason is bounded: "HTTP <code>" or one of the Reason* constants.
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_delivery_failures_total",
+			Help: "Failed delivery attempts by reason: \"HTTP <code>\" for a non-2xx answer, otherwise Timeout, ConnectionRefused, ConnectionReset, DNSFailure, TLSError, BlockedAddress or Other.",
+		}, []string{"namespace", "endpoint", "reason"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.deliveries, m.duration, m.deadLettered} {
+		for _, c := range []prometheus.Collector{m.deliveries, m.duration, m.deadLettered, m.failures} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register delivery metrics: %w", err)
 			}
@@ -57,6 +63,9 @@ func (m *metrics) observe(o Outcome) {
 			outcome = OutcomeGone
 		}
 		m.deliveries.WithLabelValues(o.Namespace, o.Endpoint, outcome).Inc()
+		if outcome != OutcomeSuccess {
+			m.failures.WithLabelValues(o.Namespace, o.Endpoint, failureReason(o)).Inc()
+		}
 		m.duration.WithLabelValues(o.Namespace, o.Endpoint).Observe(o.Latency.Seconds())
 	}
 	if o.DeadLettered {
@@ -70,4 +79,18 @@ func (m *metrics) forget(namespace, endpoint string) {
 	m.deliveries.DeletePartialMatch(labels)
 	m.duration.DeletePartialMatch(labels)
 	m.deadLettered.DeletePartialMatch(labels)
+	m.failures.DeletePartialMatch(labels)
+}
+
+// failureReason is the reason label of a failed attempt: its Reason, or
+// the HTTP status when only that is known.
+func failureReason(o Outcome) string {
+	switch {
+	case o.Reason != "":
+		return o.Reason
+	case o.StatusCode != 0:
+		return HTTPReason(o.StatusCode)
+	default:
+		return ReasonOther
+	}
 }

@@ -218,6 +218,7 @@ func newRunning(t testing.TB, opts Options) *running {
 type testQueue struct {
 	js            jetstream.JetStream
 	pending, dead uint64
+	oldest        time.Time
 	polls         atomic.Int64
 }
 
@@ -228,6 +229,9 @@ func (q *testQueue) Pending(context.Context, string, string) (uint64, error) {
 }
 func (q *testQueue) DeadLetterCount(context.Context, string, string) (uint64, error) {
 	return q.dead, nil
+}
+func (q *testQueue) OldestPending(context.Context, string, string) (time.Time, bool, error) {
+	return q.oldest, !q.oldest.IsZero(), nil
 }
 
 // The router reports matches straight to the Reporter.

@@ -2,6 +2,7 @@ package health
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -9,6 +10,7 @@ import (
 type metrics struct {
 	pending      *prometheus.GaugeVec
 	deadLettered *prometheus.GaugeVec
+	oldestAge    *prometheus.GaugeVec
 	statusWrites *prometheus.CounterVec
 	flushErrors  prometheus.Counter
 	casConflicts prometheus.Counter
@@ -24,6 +26,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		deadLettered: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "herald_endpoint_dead_lettered",
 			Help: "Dead-lettered deliveries kept for a WebhookEndpoint. Exported by the status-writing replica only.",
+		}, []string{"namespace", "endpoint"}),
+		oldestAge: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "herald_endpoint_oldest_pending_age_seconds",
+			Help: "Age of the oldest delivery queued for a WebhookEndpoint (0 when none is queued), as of the last queue-count pass. Exported by the status-writing replica only.",
 		}, []string{"namespace", "endpoint"}),
 		statusWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_health_status_writes_total",
@@ -45,7 +51,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.pending, m.deadLettered, m.statusWrites, m.flushErrors, m.casConflicts, m.writer} {
+	for _, c := range []prometheus.Collector{m.pending, m.deadLettered, m.oldestAge, m.statusWrites, m.flushErrors, m.casConflicts, m.writer} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register health metrics (one Reporter per registry): %w", err)
 		}
@@ -64,4 +70,15 @@ func (m *metrics) forgetEndpoint(k objectKey) {
 	}
 	m.pending.DeleteLabelValues(k.namespace, k.name)
 	m.deadLettered.DeleteLabelValues(k.namespace, k.name)
+	m.oldestAge.DeleteLabelValues(k.namespace, k.name)
+}
+
+// setOldestPending sets the queue age of an endpoint: how long its oldest
+// queued delivery has waited at now, or 0 when none is queued.
+func (m *metrics) setOldestPending(k objectKey, oldest, now time.Time) {
+	age := 0.0
+	if !oldest.IsZero() {
+		age = max(now.Sub(oldest).Seconds(), 0)
+	}
+	m.oldestAge.WithLabelValues(k.namespace, k.name).Set(age)
 }

@@ -76,6 +76,9 @@ type Queue interface {
 	JetStream() jetstream.JetStream
 	Pending(ctx context.Context, namespace, endpoint string) (uint64, error)
 	DeadLetterCount(ctx context.Context, namespace, endpoint string) (uint64, error)
+	// OldestPending is when the oldest queued delivery was stored (false:
+	// none is queued), for herald_endpoint_oldest_pending_age_seconds.
+	OldestPending(ctx context.Context, namespace, endpoint string) (time.Time, bool, error)
 }
 
 // StatusClient reads WebhookEndpoints and Subscriptions (a cached client is

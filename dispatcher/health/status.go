@@ -204,9 +204,15 @@ func (r *Reporter) pollQueueStats(ctx context.Context, endpoints map[objectKey]*
 			opCtx, cancel := r.opContext(ctx)
 			defer cancel()
 			pending, err := r.stats.Pending(opCtx, k.namespace, k.name)
-			var dead uint64
+			var (
+				dead   uint64
+				oldest time.Time
+			)
 			if err == nil {
 				dead, err = r.stats.DeadLetterCount(opCtx, k.namespace, k.name)
+			}
+			if err == nil && pending > 0 {
+				oldest, _, err = r.stats.OldestPending(opCtx, k.namespace, k.name)
 			}
 			mu.Lock()
 			defer mu.Unlock()
@@ -220,6 +226,7 @@ func (r *Reporter) pollQueueStats(ctx context.Context, endpoints map[objectKey]*
 				changed = append(changed, k)
 			}
 			r.metrics.setEndpoint(k, st)
+			r.metrics.setOldestPending(k, oldest, time.Now())
 		})
 	}
 	wg.Wait()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -26,6 +27,25 @@ func (q *Queue) Pending(ctx context.Context, namespace, endpoint string) (uint64
 		return 0, fmt.Errorf("pending deliveries for %s/%s: %w", namespace, endpoint, err)
 	}
 	return q.subjectCount(ctx, q.deliveries, DeliverySubject(namespace, endpoint))
+}
+
+// OldestPending is when the oldest delivery still queued for an endpoint
+// was stored; ok is false when none is. HERALD_DELIVERIES is a work queue:
+// an acknowledged delivery is removed, and a retry is a NAK with a delay,
+// which keeps the message and its time. So the first message stored on the
+// endpoint's subject is the oldest one waiting, in flight or backing off.
+func (q *Queue) OldestPending(ctx context.Context, namespace, endpoint string) (stored time.Time, ok bool, err error) {
+	if err := validateEndpoint(namespace, endpoint); err != nil {
+		return time.Time{}, false, err
+	}
+	msg, err := q.deliveries.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(DeliverySubject(namespace, endpoint)))
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return time.Time{}, false, nil
+	case err != nil:
+		return time.Time{}, false, fmt.Errorf("oldest pending delivery of %s/%s: %w", namespace, endpoint, err)
+	}
+	return msg.Time, true, nil
 }
 
 // DeadLetterCount is the number of dead-lettered deliveries kept for an

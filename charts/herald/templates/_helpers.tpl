@@ -1,0 +1,114 @@
+{{/*
+Names. With the release named "herald" (as in the README) every object has
+the name config/default gives it: herald-manager, herald-editor, ...
+*/}}
+{{- define "herald.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "herald.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* herald.prefixed renames a name from config/ ("herald-…") for this release. */}}
+{{- define "herald.prefixed" -}}
+{{- printf "%s-%s" (include "herald.fullname" .root) (trimPrefix "herald-" .name) }}
+{{- end }}
+
+{{- define "herald.managerName" -}}
+{{- include "herald.fullname" . }}-manager
+{{- end }}
+
+{{- define "herald.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "herald.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "herald.managerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "herald.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: manager
+{{- end }}
+
+{{- define "herald.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "herald.dispatcherNamespace" -}}
+{{- default .Release.Namespace .Values.dispatcher.namespace }}
+{{- end }}
+
+{{/* Environment variable the manager reads the external NATS URL from. */}}
+{{- define "herald.natsURLEnv" -}}HERALD_DISPATCHER_NATS_URL{{- end }}
+
+{{/*
+herald.managerFlags maps every manager flag to its value, as JSON. To add a
+manager flag: one value in values.yaml (and values.schema.json) and one line
+here. Empty strings are left out (the flag keeps its default); lists are
+joined with commas; maps and objects are passed as JSON. The chart tests
+check that every flag of the manager binary appears here and that the
+defaults match config/default.
+*/}}
+{{- define "herald.managerFlags" -}}
+{{- $m := .Values.manager -}}
+{{- $d := .Values.dispatcher -}}
+{{- $f := dict -}}
+{{- $_ := set $f "leader-elect" $m.leaderElect -}}
+{{- $_ := set $f "health-probe-bind-address" (printf ":%v" $m.healthProbePort) -}}
+{{- $_ := set $f "metrics-bind-address" (ternary "0" (printf ":%v" $m.metrics.port) (eq (int $m.metrics.port) 0)) -}}
+{{- $_ := set $f "metrics-secure" $m.metrics.secure -}}
+{{- $_ := set $f "enable-http2" $m.enableHTTP2 -}}
+{{- $_ := set $f "manage-dispatcher" $m.manageDispatcher -}}
+{{- $_ := set $f "zap-log-level" $m.log.level -}}
+{{- $_ := set $f "zap-encoder" $m.log.encoder -}}
+{{- $_ := set $f "zap-stacktrace-level" $m.log.stacktraceLevel -}}
+{{- $_ := set $f "zap-time-encoding" $m.log.timeEncoding -}}
+{{- $_ := set $f "zap-devel" $m.log.development -}}
+{{- $_ := set $f "dispatcher-namespace" (include "herald.dispatcherNamespace" .) -}}
+{{- $_ := set $f "dispatcher-image" (default (include "herald.image" .) $d.image) -}}
+{{- $_ := set $f "dispatcher-replicas" $d.replicas -}}
+{{- $_ := set $f "dispatcher-nats-url" (ternary (printf "$(%s)" (include "herald.natsURLEnv" .)) "" (ne $d.nats.urlSecret.name "")) -}}
+{{- $_ := set $f "dispatcher-storage-size" $d.storage.size -}}
+{{- $_ := set $f "dispatcher-storage-class" $d.storage.className -}}
+{{- $_ := set $f "dispatcher-store-path" $d.storePath -}}
+{{- $_ := set $f "dispatcher-allowed-cidrs" (join "," $d.allowedCIDRs) -}}
+{{- $_ := set $f "dispatcher-audience" $d.audience -}}
+{{- $_ := set $f "dispatcher-log-level" $d.logLevel -}}
+{{- $_ := set $f "dispatcher-cpu-request" (dig "requests" "cpu" "" $d.resources) -}}
+{{- $_ := set $f "dispatcher-memory-request" (dig "requests" "memory" "" $d.resources) -}}
+{{- $_ := set $f "dispatcher-cpu-limit" (dig "limits" "cpu" "" $d.resources) -}}
+{{- $_ := set $f "dispatcher-memory-limit" (dig "limits" "memory" "" $d.resources) -}}
+{{- $_ := set $f "dispatcher-ingest-port" $d.ports.ingest -}}
+{{- $_ := set $f "dispatcher-metrics-port" $d.ports.metrics -}}
+{{- $_ := set $f "dispatcher-health-port" $d.ports.health -}}
+{{- $_ := set $f "dispatcher-node-selector" (ternary (toJson $d.nodeSelector) "" (not (empty $d.nodeSelector))) -}}
+{{- $_ := set $f "dispatcher-tolerations" (ternary (toJson $d.tolerations) "" (not (empty $d.tolerations))) -}}
+{{- $_ := set $f "dispatcher-affinity" (ternary (toJson $d.affinity) "" (not (empty $d.affinity))) -}}
+{{- $_ := set $f "dispatcher-priority-class-name" $d.priorityClassName -}}
+{{- toJson $f -}}
+{{- end }}
+
+{{/* herald.managerArgs renders herald.managerFlags as container args, sorted by flag. */}}
+{{- define "herald.managerArgs" -}}
+{{- range $flag, $value := include "herald.managerFlags" . | fromJson }}
+{{- if or (kindIs "bool" $value) (ne (toString $value) "") }}
+- {{ printf "--%s=%s" $flag (kindIs "float64" $value | ternary (int64 $value | toString) (toString $value)) | toJson }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,220 @@
+package chart
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	. "github.com/onsi/gomega"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+)
+
+func TestChartLint(t *testing.T) {
+	for name, values := range map[string][]string{"defaults": defaultValues, "all features": allFeaturesValues} {
+		t.Run(name, func(t *testing.T) {
+			args := append([]string{"lint", "--strict", chartDir}, values...)
+			for i, a := range args {
+				if strings.HasPrefix(a, "ci/") {
+					args[i] = chartDir + "/" + a
+				}
+			}
+			out := helm(t, args...)
+			if !strings.Contains(out, "1 chart(s) linted, 0 chart(s) failed") {
+				t.Fatalf("helm lint: %s", out)
+			}
+		})
+	}
+}
+
+// TestChartValuesSchema: values.schema.json refuses what would break the
+// install or put a secret into values.
+func TestChartValuesSchema(t *testing.T) {
+	for _, tc := range []struct{ set, want string }{
+		{"dispatcher.nats.url=nats://user:pass@nats:4222", "additional properties 'url' not allowed"},
+		{"dispatcher.logLevel=verbose", "/dispatcher/logLevel"},
+		{"dispatcher.ports.ingest=80", "/dispatcher/ports/ingest"},
+		{"image.digest=latest", "/image/digest"},
+		{"manager.replica=2", "additional properties 'replica' not allowed"},
+	} {
+		t.Run(tc.set, func(t *testing.T) {
+			_, err := run(t.Context(), nil, helmBin, "template", releaseName, chartDir, "--set", tc.set)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("--set %s: want a schema error mentioning %q, got %v", tc.set, tc.want, err)
+			}
+		})
+	}
+}
+
+func TestChartDefaults(t *testing.T) {
+	g := NewWithT(t)
+	objs := objects(t, render(t))
+	kinds := map[string]int{}
+	for _, o := range objs {
+		kinds[o.GetKind()]++
+		// Every object carries the chart's labels; the cluster-scoped ones
+		// have no namespace.
+		g.Expect(o.GetLabels()).To(HaveKeyWithValue("app.kubernetes.io/managed-by", "Helm"), "%s %s", o.GetKind(), o.GetName())
+	}
+	g.Expect(kinds).To(Equal(map[string]int{
+		"CustomResourceDefinition": 2, "ServiceAccount": 1, "ClusterRole": 6, "ClusterRoleBinding": 2,
+		"Role": 1, "RoleBinding": 1, "Deployment": 1, "Service": 1, "NetworkPolicy": 1,
+		"ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1,
+	}), "optional pieces (PDB, monitoring) are off by default")
+
+	for _, crd := range []string{"webhookendpoints.herald.dev", "subscriptions.herald.dev"} {
+		g.Expect(find(t, objs, "CustomResourceDefinition", crd).GetAnnotations()).To(
+			HaveKeyWithValue("helm.sh/resource-policy", "keep"), "crds.keep defaults to true")
+	}
+	dep := find(t, objs, "Deployment", "herald-manager")
+	pod, _, _ := unstructured.NestedMap(dep.Object, "spec", "template", "spec")
+	g.Expect(pod["serviceAccountName"]).To(Equal("herald-manager"))
+	c := container(t, dep)
+	g.Expect(c["image"]).To(Equal("ghcr.io/herald-dev/herald:latest"))
+	g.Expect(c).NotTo(HaveKey("env"), "no external NATS by default")
+}
+
+func TestChartAllFeatures(t *testing.T) {
+	g := NewWithT(t)
+	objs := objects(t, render(t, allFeaturesValues...))
+
+	dep := find(t, objs, "Deployment", "herald-manager")
+	pod, _, _ := unstructured.NestedMap(dep.Object, "spec", "template", "spec")
+	g.Expect(pod).To(HaveKeyWithValue("priorityClassName", "platform-critical"))
+	for _, key := range []string{"nodeSelector", "tolerations", "affinity", "topologySpreadConstraints", "imagePullSecrets"} {
+		g.Expect(pod).To(HaveKey(key))
+	}
+	g.Expect(dep.Object).To(HaveKeyWithValue("spec", HaveKeyWithValue("replicas", BeNumerically("==", 2))))
+	meta, _, _ := unstructured.NestedMap(dep.Object, "spec", "template", "metadata")
+	g.Expect(meta["annotations"]).To(HaveKeyWithValue("example.com/team", "platform"))
+	g.Expect(meta["labels"]).To(HaveKeyWithValue("example.com/tier", "control-plane"))
+
+	c := container(t, dep)
+	g.Expect(c["image"]).To(Equal("ghcr.io/herald-dev/herald@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"))
+	g.Expect(c["envFrom"]).To(HaveLen(1))
+	args := managerArgs(t, dep)
+	for flag, want := range map[string]string{
+		"dispatcher-nats-url":            "$(HERALD_DISPATCHER_NATS_URL)",
+		"dispatcher-replicas":            "3",
+		"dispatcher-allowed-cidrs":       "10.0.0.0/8,fd00::/8",
+		"dispatcher-node-selector":       `{"pool":"webhooks"}`,
+		"dispatcher-priority-class-name": "webhooks-high",
+		"dispatcher-image":               "ghcr.io/herald-dev/herald@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+		"dispatcher-memory-limit":        "1Gi",
+		"metrics-bind-address":           ":9443",
+		"zap-log-level":                  "debug",
+	} {
+		g.Expect(args).To(HaveKeyWithValue(flag, want))
+	}
+	g.Expect(args["dispatcher-tolerations"]).To(ContainSubstring(`"value":"webhooks"`))
+	g.Expect(args["dispatcher-affinity"]).To(ContainSubstring(`"nodeAffinity"`))
+	// The NATS URL comes from the Secret; values never hold it.
+	g.Expect(c["env"]).To(ContainElement(HaveKeyWithValue("valueFrom",
+		HaveKeyWithValue("secretKeyRef", map[string]any{"name": "herald-nats", "key": "url"}))))
+
+	for _, crd := range []string{"webhookendpoints.herald.dev", "subscriptions.herald.dev"} {
+		g.Expect(find(t, objs, "CustomResourceDefinition", crd).GetAnnotations()).NotTo(
+			HaveKey("helm.sh/resource-policy"), "crds.keep=false")
+	}
+	find(t, objs, "PodDisruptionBudget", "herald-manager")
+	find(t, objs, "ServiceMonitor", "herald-manager")
+	find(t, objs, "ServiceMonitor", "herald-dispatcher")
+	find(t, objs, "PrometheusRule", "herald")
+	dashboard := find(t, objs, "ConfigMap", "herald-grafana-dashboard")
+	g.Expect(dashboard.GetLabels()).To(HaveKeyWithValue("grafana_dashboard", "1"))
+	np := find(t, objs, "NetworkPolicy", "herald-allow-metrics-traffic")
+	g.Expect(np.Object).To(HaveKeyWithValue("spec", HaveKeyWithValue("ingress",
+		ContainElement(HaveKeyWithValue("ports", ContainElement(HaveKeyWithValue("port", BeNumerically("==", 9443))))))))
+}
+
+func TestChartWithoutCRDs(t *testing.T) {
+	for _, o := range objects(t, render(t, "--set", "crds.enabled=false")) {
+		if o.GetKind() == "CustomResourceDefinition" {
+			t.Errorf("crds.enabled=false still renders %s", o.GetName())
+		}
+	}
+}
+
+// TestChartAcceptedByAPIServer has the local API server validate every
+// object the chart renders (server-side dry run), with defaults and with
+// every feature on. The Prometheus Operator's CRDs are not available here:
+// stand-ins that accept any spec let the monitoring objects through the dry
+// run, so their contents are checked by TestAlertRules (promtool) and
+// TestChartAllFeatures, not by the API server.
+func TestChartAcceptedByAPIServer(t *testing.T) {
+	kubectl(t, strings.NewReader(monitoringCRDStandIns), "apply", "--server-side", "-f", "-")
+	kubectl(t, nil, "create", "namespace", "chart-dry-run")
+	for name, values := range map[string][]string{"defaults": defaultValues, "all features": allFeaturesValues} {
+		t.Run(name, func(t *testing.T) {
+			rendered := render(t, append([]string{"--namespace", "chart-dry-run"}, values...)...)
+			out := kubectl(t, strings.NewReader(rendered), "apply", "--server-side", "--dry-run=server",
+				"--field-manager=chart-test", "-n", "chart-dry-run", "-f", "-")
+			if strings.Contains(out, "Warning") {
+				t.Errorf("warnings: %s", out)
+			}
+			for _, o := range objects(t, rendered) {
+				if !strings.Contains(out, strings.ToLower(o.GetKind())) || !strings.Contains(out, "/"+o.GetName()+" serverside-applied (server dry run)") {
+					t.Errorf("%s %s was not dry-run: %s", o.GetKind(), o.GetName(), out)
+				}
+			}
+		})
+	}
+}
+
+// monitoringCRDStandIns stand in for the Prometheus Operator CRDs, which
+// this machine cannot download: same names and scope, any spec.
+var monitoringCRDStandIns = func() string {
+	var docs []string
+	for _, kind := range []string{"ServiceMonitor", "PrometheusRule"} {
+		lower := strings.ToLower(kind)
+		docs = append(docs, fmt.Sprintf(`apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: %[2]ss.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  names: {kind: %[1]s, listKind: %[1]sList, plural: %[2]ss, singular: %[2]s}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+`, kind, lower))
+	}
+	return strings.Join(docs, "---\n")
+}()
+
+func container(t *testing.T, dep *unstructured.Unstructured) map[string]any {
+	t.Helper()
+	containers, _, _ := unstructured.NestedSlice(dep.Object, "spec", "template", "spec", "containers")
+	if len(containers) != 1 {
+		t.Fatalf("%s has %d containers, want 1", dep.GetName(), len(containers))
+	}
+	return containers[0].(map[string]any)
+}
+
+// managerArgs returns the manager container's flags as name → value
+// ("true" for a bare boolean flag).
+func managerArgs(t *testing.T, dep *unstructured.Unstructured) map[string]string {
+	t.Helper()
+	raw, _, _ := unstructured.NestedStringSlice(container(t, dep), "args")
+	return parseFlags(t, raw)
+}
+
+func parseFlags(t *testing.T, args []string) map[string]string {
+	t.Helper()
+	flags := map[string]string{}
+	for _, a := range args {
+		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") {
+			t.Fatalf("argument %q is not a flag", a)
+		}
+		if !hasValue {
+			value = "true"
+		}
+		if _, dup := flags[name]; dup {
+			t.Errorf("flag --%s given twice", name)
+		}
+		flags[name] = value
+	}
+	return flags
+}
