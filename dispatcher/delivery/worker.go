@@ -440,10 +440,10 @@ const deadLetterRetryDelay = 5 * time.Second
 // finish reports the outcome of a processed delivery and records it in
 // the delivery log, with the start of the response body.
 func (w *worker) finish(msg *queue.Message, o Outcome, body []byte) {
-	w.report(o)
 	if w.m.recorder != nil {
 		w.m.recorder.Record(logEntry(w.namespace, w.name, msg, &o, body))
 	}
+	w.report(o)
 }
 
 func (w *worker) report(o Outcome) {

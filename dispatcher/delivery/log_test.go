@@ -1,0 +1,82 @@
+package delivery
+
+import (
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	deliveryv1 "github.com/herald-dev/herald/api/delivery/v1alpha1"
+	"github.com/herald-dev/herald/dispatcher/catalog"
+	"github.com/herald-dev/herald/dispatcher/deliverylog"
+	"github.com/herald-dev/herald/dispatcher/queue"
+)
+
+// recorded is a Recorder that keeps what it is given.
+type recorded struct {
+	mu      sync.Mutex
+	entries []deliverylog.Entry
+}
+
+func (r *recorded) Record(e deliverylog.Entry) {
+	r.mu.Lock()
+	r.entries = append(r.entries, e)
+	r.mu.Unlock()
+}
+
+func (r *recorded) all() []deliverylog.Entry {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]deliverylog.Entry(nil), r.entries...)
+}
+
+// TestManagerRecordsEveryAttemptInTheLog: a failed attempt is recorded
+// Retrying with its status, reason, the start of the answer and when the
+// next attempt is; the success that follows is recorded Succeeded with the
+// queued message, so a Redelivery can queue it again. An answer longer
+// than the log's share is cut there.
+func TestManagerRecordsEveryAttemptInTheLog(t *testing.T) {
+	q := openQueue(t)
+	long := strings.Repeat("x", 2*deliverylog.MaxResponseBytes)
+	rc := newReceiver(t, func(i int, w http.ResponseWriter, _ *http.Request) {
+		if i == 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"error":"overloaded"}`))
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte(long))
+	})
+	rec := &recorded{}
+	m, out, _ := newTestManager(t, q, func(o *Options) { o.Log = rec })
+	m.Sync([]*catalog.Endpoint{testEndpoint("shop", "orders", rc.URL)})
+	publish(t, q, "shop", "orders", "o-1")
+	out.waitFor(t, "shop/orders", "a success", func(os []Outcome) bool { return countSuccess(os) == 1 })
+
+	got := rec.all()
+	if len(got) != 2 {
+		t.Fatalf("recorded %d entries, want 2: %+v", len(got), got)
+	}
+	failed, ok := got[0], got[1]
+	wantID := queue.WebhookID("shop", "/orders", "o-1")
+	for _, e := range got {
+		if e.Namespace != "shop" || e.Endpoint != "orders" || e.WebhookID != wantID {
+			t.Errorf("entry identifies %s/%s %s, want shop/orders %s", e.Namespace, e.Endpoint, e.WebhookID, wantID)
+		}
+		if e.Event.ID != "o-1" || e.Event.Source != "/orders" || e.Event.Type != "order.created" || e.Event.Time.IsZero() {
+			t.Errorf("entry event = %+v", e.Event)
+		}
+		if e.IngestedAt.IsZero() || e.Duration <= 0 {
+			t.Errorf("entry ingested %v, duration %v", e.IngestedAt, e.Duration)
+		}
+	}
+	if failed.Phase != deliveryv1.DeliveryRetrying || failed.Attempt != 1 || failed.StatusCode != 503 ||
+		failed.Error != "HTTP 503" || string(failed.Response) != `{"error":"overloaded"}` || failed.NextAttempt.IsZero() || failed.Payload != nil {
+		t.Errorf("failed attempt entry = %+v", failed)
+	}
+	if ok.Phase != deliveryv1.DeliverySucceeded || ok.Attempt != 2 || ok.StatusCode != 200 || ok.Error != "" ||
+		len(ok.Response) != deliverylog.MaxResponseBytes || string(ok.Payload) != string(testEvent("o-1")) {
+		t.Errorf("success entry = phase %s attempt %d status %d error %q response %d bytes payload %q",
+			ok.Phase, ok.Attempt, ok.StatusCode, ok.Error, len(ok.Response), ok.Payload)
+	}
+}
