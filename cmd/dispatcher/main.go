@@ -9,7 +9,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -60,6 +59,7 @@ type options struct {
 	audience       string
 	allowedCIDRs   string
 	insecureIngest bool
+	ingestTLS      ingestTLSFiles
 	maxBodyBytes   int64
 	drainTimeout   time.Duration
 	statusInterval time.Duration
@@ -84,6 +84,7 @@ func main() {
 	flag.StringVar(&o.audience, "audience", heraldv1.DefaultAudience, "Audience ServiceAccount tokens must carry to publish.")
 	flag.StringVar(&o.allowedCIDRs, "allowed-cidrs", "", "Comma-separated CIDRs deliveries may reach although not public (SSRF allowlist), e.g. 127.0.0.0/8 for local development.")
 	flag.BoolVar(&o.insecureIngest, "insecure-ingest", false, "DEVELOPMENT ONLY: accept events without authentication or authorization.")
+	o.ingestTLS.bindFlags(flag.CommandLine)
 	flag.Int64Var(&o.maxBodyBytes, "max-body-bytes", ingest.DefaultMaxBodyBytes, "Largest accepted ingest request body.")
 	flag.DurationVar(&o.drainTimeout, "drain-timeout", 45*time.Second, "How long shutdown waits for in-flight deliveries.")
 	flag.DurationVar(&o.statusInterval, "status-interval", 5*time.Second, "How often delivery health is written to status (at most once per object per interval).")
@@ -260,6 +261,19 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("router: %w", err)
 	}
 
+	certs, err := o.ingestTLS.watcher()
+	if err != nil {
+		return err
+	}
+	if certs != nil {
+		// Re-reads the files when they change (the kubelet swaps a mounted
+		// Secret's files) and every few seconds, so a renewed certificate
+		// is served without a restart.
+		if err := mgr.Add(certs); err != nil {
+			return err
+		}
+	}
+
 	authOpts := ingest.CacheOptions{}
 	handler, err := ingest.NewHandler(ingest.Options{
 		Queue:         q,
@@ -290,7 +304,7 @@ func run(ctx context.Context, o options) error {
 		log:          log,
 		drainTimeout: o.drainTimeout,
 		catalog:      cat,
-		ingest:       func(ctx context.Context) error { return serveIngest(ctx, o.ingestAddr, handler) },
+		ingest:       func(ctx context.Context) error { return serveIngest(ctx, o.ingestAddr, certs, handler) },
 		removeOrphans: func(ctx context.Context) error {
 			return removeOrphans(ctx, log.WithName("queue"), q, mgr.GetAPIReader())
 		},
@@ -322,7 +336,8 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 
-	log.Info("Starting dispatcher", "mode", modeOf(o), "ingest", o.ingestAddr, "allowedCIDRs", o.allowedCIDRs, "insecureIngest", o.insecureIngest)
+	log.Info("Starting dispatcher", "mode", modeOf(o), "ingest", o.ingestAddr, "ingestHTTPS", certs != nil,
+		"allowedCIDRs", o.allowedCIDRs, "insecureIngest", o.insecureIngest)
 	return mgr.Start(ctx)
 }
 
@@ -331,27 +346,6 @@ func modeOf(o options) string {
 		return "external NATS"
 	}
 	return "embedded JetStream"
-}
-
-// serveIngest serves the ingest handler until ctx ends, then lets requests
-// in progress finish: an event is acknowledged (202) only after JetStream
-// stored it, so a request cut short is retried by its publisher.
-func serveIngest(ctx context.Context, addr string, h http.Handler) error {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("ingest listen on %s: %w", addr, err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
-	errCh := make(chan error, 1)
-	go func() { errCh <- srv.Serve(l) }()
-	select {
-	case err := <-errCh:
-		return fmt.Errorf("ingest server: %w", err)
-	case <-ctx.Done():
-	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	return srv.Shutdown(shutdownCtx)
 }
 
 // removeDeletedEndpoint removes what the queue holds for a deleted
