@@ -51,8 +51,11 @@ import (
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;create;patch
 
 // The CA bundle ConfigMap herald-ca in namespaces with Herald objects:
-// watched by name (field-selected cache), written with server-side apply.
-// +kubebuilder:rbac:groups="",resources=configmaps,verbs=list;watch;create;patch
+// watched by name (the cache's field selector metadata.name=herald-ca lets
+// RBAC limit list and watch to that name), written with server-side apply.
+// Create cannot be limited to a name.
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=create
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=list;watch;patch,resourceNames=herald-ca
 
 // caBundleComponent is the value of ComponentLabel on the CA Secrets and
 // the CA bundle ConfigMaps.
