@@ -133,11 +133,11 @@ func isNamespaceNotFound(err error, namespace string) bool {
 // SetupWithManager watches every dispatcher object, so that a manual edit or
 // deletion is repaired, and reconciles once when the controller starts.
 //
-// The start-up reconcile comes from a source.Func that enqueues the fixed
-// request when the controller starts its sources. It is the controller's own
-// queue, started after leader election, so a new leader always reconciles
-// once; informers alone would not, because on a fresh cluster no dispatcher
-// object exists to produce an event. A source.Channel would need a goroutine
+// The start-up reconcile comes from startupSource, a source.Func that
+// enqueues the fixed request when the controller starts its sources. It is
+// the controller's own queue, started after leader election, so a new
+// leader always reconciles once; informers alone would not, because on a
+// fresh cluster no dispatcher object exists to produce an event. A source.Channel would need a goroutine
 // and a placeholder object, and a manager.RunnableFunc cannot reach the
 // controller's queue.
 func (r *DispatcherReconciler) SetupWithManager(mgr ctrl.Manager) error {
@@ -164,20 +164,21 @@ func (r *DispatcherReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&corev1.Service{}, toDispatcher, owned).
 		Watches(&corev1.ServiceAccount{}, toDispatcher, owned).
 		Watches(&corev1.PersistentVolumeClaim{}, toDispatcher, owned).
-		WatchesRawSource(source.Func(r.enqueueAtStart))
+		WatchesRawSource(startupSource(r.request()))
 	if r.Config.NetworkPolicy {
 		b = b.Watches(&networkingv1.NetworkPolicy{}, toDispatcher, owned)
 	}
 	return b.Complete(r)
 }
 
-// enqueueAtStart is the start-up source: it enqueues the fixed request once,
-// when the controller starts.
-func (r *DispatcherReconciler) enqueueAtStart(
-	_ context.Context, queue workqueue.TypedRateLimitingInterface[reconcile.Request],
-) error {
-	queue.Add(r.request())
-	return nil
+// startupSource enqueues req once, when the controller starts (after
+// leader election): for controllers of objects that may not exist yet, so
+// that no informer event would start them.
+func startupSource(req reconcile.Request) source.Source {
+	return source.Func(func(_ context.Context, queue workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
+		queue.Add(req)
+		return nil
+	})
 }
 
 // dispatcherObjectPredicate passes events of objects labelled as the

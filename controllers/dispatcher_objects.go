@@ -60,6 +60,19 @@ const (
 	DefaultDispatcherMetricsPort   = 8443
 	DefaultDispatcherHealthPort    = 8081
 	DefaultDispatcherStorePath     = "/var/lib/herald/jetstream"
+	DefaultDispatcherTLSIssuer     = TLSIssuerManager
+)
+
+// Who issues the dispatcher's ingest certificate (--dispatcher-tls-issuer).
+const (
+	// TLSIssuerManager: the manager keeps a CA and the certificate in
+	// Secrets of the dispatcher's namespace (internal/pki).
+	TLSIssuerManager = "manager"
+	// TLSIssuerExternal: another tool, such as cert-manager with
+	// config/components/cert-manager, writes the Secret
+	// IngestTLSSecretName including ca.crt; the manager only publishes
+	// that ca.crt.
+	TLSIssuerExternal = "external"
 )
 
 // Names and values used in the dispatcher's objects.
@@ -82,8 +95,8 @@ const (
 	// in-flight deliveries and flush the JetStream store before SIGKILL.
 	dispatcherTerminationGracePeriod = 60
 
-	// Port names, shared by the container and the Service.
-	ingestPortName  = "http"
+	// Port names, shared by the container and the Service. Ingest's is
+	// ingestPortName(cfg): "https", or "http" with IngestInsecureHTTP.
 	metricsPortName = "https-metrics"
 	healthPortName  = "health"
 
@@ -111,7 +124,17 @@ const (
 	// so the non-root dispatcher reads them through the group; 0440 says
 	// so.
 	natsSecretMode = 0o440
+
+	ingestTLSVolumeName = "ingest-tls"
+
+	// ingestTLSPath is where the ingest certificate Secret is mounted; the
+	// kubelet updates the files when the Secret changes and the dispatcher
+	// reloads them.
+	ingestTLSPath = "/etc/herald/ingest-tls"
 )
+
+// tlsIssuers are the values of --dispatcher-tls-issuer.
+var tlsIssuers = []string{TLSIssuerManager, TLSIssuerExternal}
 
 // Log levels the dispatcher accepts.
 var dispatcherLogLevels = []string{"debug", "info", "warn", "error"}
@@ -200,6 +223,18 @@ type DispatcherConfig struct {
 	// Scheduling places the dispatcher's pods (node selector, tolerations,
 	// affinity, priority class).
 	Scheduling DispatcherScheduling
+	// IngestInsecureHTTP serves ingest over plain HTTP, for clusters whose
+	// service mesh already encrypts traffic between pods. Otherwise ingest
+	// is HTTPS with the certificate in Secret IngestTLSSecretName.
+	IngestInsecureHTTP bool
+	// TLSIssuer is who issues that certificate: TLSIssuerManager or
+	// TLSIssuerExternal.
+	TLSIssuer string
+	// TLSExtraHosts are DNS names or IP addresses the manager adds to the
+	// certificate it issues, beyond the dispatcher Service's names (for
+	// example a name publishers outside the cluster use, or 127.0.0.1
+	// when the dispatcher runs as a local process).
+	TLSExtraHosts []string
 }
 
 // DefaultDispatcherConfig returns the configuration the flags default to.
@@ -219,6 +254,7 @@ func DefaultDispatcherConfig() DispatcherConfig {
 		MetricsPort:   DefaultDispatcherMetricsPort,
 		HealthPort:    DefaultDispatcherHealthPort,
 		StorePath:     DefaultDispatcherStorePath,
+		TLSIssuer:     DefaultDispatcherTLSIssuer,
 	}
 }
 
@@ -276,6 +312,18 @@ func (c *DispatcherConfig) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.HealthPort, "dispatcher-health-port", d.HealthPort, "Port of the dispatcher's /healthz and /readyz.")
 	fs.StringVar(&c.StorePath, "dispatcher-store-path", d.StorePath,
 		"Directory of the embedded JetStream file store inside the dispatcher container.")
+	fs.BoolVar(&c.IngestInsecureHTTP, "dispatcher-ingest-insecure-http", d.IngestInsecureHTTP,
+		"Serve ingest over plain HTTP instead of HTTPS. Only for clusters whose service mesh already "+
+			"encrypts traffic between pods: publishers' tokens and events cross the network.")
+	fs.StringVar(&c.TLSIssuer, "dispatcher-tls-issuer", d.TLSIssuer,
+		"Who issues the ingest certificate (Secret "+heraldv1alpha1.IngestTLSSecretName+"): "+
+			"\"manager\" (a CA of its own in Secret "+heraldv1alpha1.CASecretName+") or "+
+			"\"external\" (cert-manager or another tool writes the Secret, with ca.crt; "+
+			"the manager publishes that ca.crt).")
+	c.TLSExtraHosts = d.TLSExtraHosts
+	fs.Var((*listFlag)(&c.TLSExtraHosts), "dispatcher-tls-extra-hosts",
+		"Comma-separated DNS names or IP addresses the manager adds to the ingest certificate, "+
+			"beyond the dispatcher Service's names.")
 	c.bindIngestLimitFlags(fs)
 	c.Scheduling.bindFlags(fs)
 }
@@ -299,26 +347,26 @@ func (c *DispatcherConfig) bindIngestLimitFlags(fs *flag.FlagSet) {
 			", 50 (burst 100): enough for 500 publishing pods, while a flood of made-up tokens stays 50 API calls a second.")
 }
 
-// cidrListVar registers a cidrListFlag named name on fs, writing into list,
+// cidrListVar registers a listFlag named name on fs, writing into list,
 // which starts as value.
 func cidrListVar(fs *flag.FlagSet, list *[]string, value []string, name, usage string) {
 	*list = value
-	fs.Var((*cidrListFlag)(list), name, usage)
+	fs.Var((*listFlag)(list), name, usage)
 }
 
-// cidrListFlag is a flag.Value holding a comma-separated list. Entries are
+// listFlag is a flag.Value holding a comma-separated list. Entries are
 // trimmed; they are checked by Validate so that every configuration error is
 // reported the same way.
-type cidrListFlag []string
+type listFlag []string
 
-func (f *cidrListFlag) String() string {
+func (f *listFlag) String() string {
 	if f == nil {
 		return ""
 	}
 	return strings.Join(*f, ",")
 }
 
-func (f *cidrListFlag) Set(value string) error {
+func (f *listFlag) Set(value string) error {
 	var list []string
 	for entry := range strings.SplitSeq(value, ",") {
 		if entry = strings.TrimSpace(entry); entry != "" {
@@ -399,7 +447,22 @@ func (c DispatcherConfig) Validate() error {
 	c.validateResources(&errs)
 	c.validatePorts(&errs)
 	c.Scheduling.validate(&errs)
+	c.validateTLS(&errs)
 	return errors.Join(errs...)
+}
+
+func (c DispatcherConfig) validateTLS(errs *flagErrors) {
+	if !slices.Contains(tlsIssuers, c.TLSIssuer) {
+		errs.add("dispatcher-tls-issuer", "%q is not one of %s", c.TLSIssuer, strings.Join(tlsIssuers, ", "))
+	}
+	for _, host := range c.TLSExtraHosts {
+		if _, err := netip.ParseAddr(host); err == nil {
+			continue
+		}
+		if msgs := validation.IsDNS1123Subdomain(host); len(msgs) > 0 {
+			errs.add("dispatcher-tls-extra-hosts", "%q is neither an IP address nor a DNS name: %s", host, strings.Join(msgs, "; "))
+		}
+	}
 }
 
 // flagErrors collects configuration errors, each prefixed with its flag.
@@ -640,6 +703,9 @@ func (c DispatcherConfig) Hash() string {
 	// The NetworkPolicy is its own object: changing it must not restart
 	// the dispatcher.
 	hashed.NetworkPolicy, hashed.NetworkPolicyCIDRs = false, nil
+	if len(hashed.TLSExtraHosts) == 0 {
+		hashed.TLSExtraHosts = nil
+	}
 	// Marshalling a struct of strings, ints and a string slice cannot fail,
 	// and its field order is fixed, so the encoding is stable.
 	encoded, err := json.Marshal(hashed)
@@ -711,7 +777,8 @@ func DispatcherServiceAccount(cfg DispatcherConfig) *corev1.ServiceAccount {
 	}
 }
 
-// DispatcherService exposes ingest (http) and metrics (https-metrics).
+// DispatcherService exposes ingest (https, or http with IngestInsecureHTTP)
+// and metrics (https-metrics).
 func DispatcherService(cfg DispatcherConfig) *corev1.Service {
 	return &corev1.Service{
 		TypeMeta:   metav1.TypeMeta{APIVersion: corev1.SchemeGroupVersion.String(), Kind: "Service"},
@@ -723,9 +790,9 @@ func DispatcherService(cfg DispatcherConfig) *corev1.Service {
 			// ports, and server-side apply rejects entries without it.
 			Ports: []corev1.ServicePort{
 				{
-					Name:       ingestPortName,
+					Name:       ingestPortName(cfg),
 					Port:       int32(cfg.IngestPort),
-					TargetPort: intstr.FromString(ingestPortName),
+					TargetPort: intstr.FromString(ingestPortName(cfg)),
 					Protocol:   corev1.ProtocolTCP,
 				},
 				{
@@ -820,6 +887,32 @@ func DispatcherPVC(cfg DispatcherConfig) *corev1.PersistentVolumeClaim {
 	return pvc
 }
 
+// ingestPortName names the ingest port after its protocol.
+func ingestPortName(cfg DispatcherConfig) string {
+	if cfg.IngestInsecureHTTP {
+		return "http"
+	}
+	return "https"
+}
+
+// ingestTLSVolume mounts the ingest certificate Secret. The pod waits for
+// the Secret to exist; the kubelet refreshes the files when it changes.
+func ingestTLSVolume() (corev1.Volume, corev1.VolumeMount) {
+	return corev1.Volume{
+			Name: ingestTLSVolumeName,
+			VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+				SecretName: heraldv1alpha1.IngestTLSSecretName,
+				Items: []corev1.KeyToPath{
+					{Key: corev1.TLSCertKey, Path: corev1.TLSCertKey},
+					{Key: corev1.TLSPrivateKeyKey, Path: corev1.TLSPrivateKeyKey},
+				},
+				DefaultMode: ptr.To[int32](0o440),
+			}},
+		}, corev1.VolumeMount{
+			Name: ingestTLSVolumeName, MountPath: ingestTLSPath, ReadOnly: true,
+		}
+}
+
 // dispatcherArgs are the dispatcher's command-line arguments.
 func dispatcherArgs(cfg DispatcherConfig) []string {
 	args := []string{
@@ -834,6 +927,13 @@ func dispatcherArgs(cfg DispatcherConfig) []string {
 		for _, m := range natsSecretMountsInUse(cfg) {
 			args = append(args, m.args()...)
 		}
+	}
+	if cfg.IngestInsecureHTTP {
+		args = append(args, "--ingest-insecure-http")
+	} else {
+		args = append(args,
+			"--ingest-tls-cert-file="+path.Join(ingestTLSPath, corev1.TLSCertKey),
+			"--ingest-tls-key-file="+path.Join(ingestTLSPath, corev1.TLSPrivateKeyKey))
 	}
 	args = append(args, "--audience="+cfg.Audience)
 	if len(cfg.AllowedCIDRs) > 0 {
@@ -933,6 +1033,10 @@ func DispatcherDeployment(cfg DispatcherConfig) *appsv1.Deployment {
 		volumes = append(volumes, m.podVolume())
 		mounts = append(mounts, corev1.VolumeMount{Name: m.volume, MountPath: m.dir(), ReadOnly: true})
 	}
+	if !cfg.IngestInsecureHTTP {
+		volume, mount := ingestTLSVolume()
+		volumes, mounts = append(volumes, volume), append(mounts, mount)
+	}
 
 	healthProbe := func(urlPath string) corev1.ProbeHandler {
 		return corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
@@ -959,7 +1063,7 @@ func DispatcherDeployment(cfg DispatcherConfig) *appsv1.Deployment {
 		// Protocol is part of the list-map key of container ports; server-side
 		// apply rejects entries without it.
 		Ports: []corev1.ContainerPort{
-			{Name: ingestPortName, ContainerPort: int32(cfg.IngestPort), Protocol: corev1.ProtocolTCP},
+			{Name: ingestPortName(cfg), ContainerPort: int32(cfg.IngestPort), Protocol: corev1.ProtocolTCP},
 			{Name: metricsPortName, ContainerPort: int32(cfg.MetricsPort), Protocol: corev1.ProtocolTCP},
 			{Name: healthPortName, ContainerPort: int32(cfg.HealthPort), Protocol: corev1.ProtocolTCP},
 		},

@@ -337,7 +337,7 @@ func TestDispatcherDeploymentContainer(t *testing.T) {
 
 func TestDispatcherService(t *testing.T) {
 	svc := DispatcherService(DefaultDispatcherConfig())
-	want := map[string]int32{"http": 8080, "https-metrics": 8443}
+	want := map[string]int32{"https": 8080, "https-metrics": 8443}
 	if len(svc.Spec.Ports) != len(want) {
 		t.Fatalf("ports: want %v, got %+v", want, svc.Spec.Ports)
 	}
@@ -453,6 +453,12 @@ func TestDispatcherConfigValidate(t *testing.T) {
 		{"negative namespace rate", func(c *DispatcherConfig) { c.IngestNamespaceRate = -1 }, "--dispatcher-ingest-namespace-rate"},
 		{"NaN token review rate", func(c *DispatcherConfig) { c.TokenReviewRate = math.NaN() }, "--dispatcher-token-review-rate"},
 		{"negative max connections", func(c *DispatcherConfig) { c.IngestMaxConnections = -1 }, "--dispatcher-ingest-max-connections"},
+		{"external TLS issuer", func(c *DispatcherConfig) { c.TLSIssuer = TLSIssuerExternal }, ""},
+		{"extra TLS hosts", func(c *DispatcherConfig) {
+			c.TLSExtraHosts = []string{"localhost", "127.0.0.1", "::1", "ingest.example.com"}
+		}, ""},
+		{"unknown TLS issuer", func(c *DispatcherConfig) { c.TLSIssuer = "vault" }, "--dispatcher-tls-issuer"},
+		{"bad TLS host", func(c *DispatcherConfig) { c.TLSExtraHosts = []string{"https://ingest"} }, "--dispatcher-tls-extra-hosts"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := DefaultDispatcherConfig()
@@ -618,6 +624,9 @@ func TestDispatcherBindFlags(t *testing.T) {
 		"--dispatcher-ingest-namespace-max-in-flight=8",
 		"--dispatcher-ingest-max-connections=256",
 		"--dispatcher-token-review-rate=20",
+		"--dispatcher-ingest-insecure-http",
+		"--dispatcher-tls-issuer=external",
+		"--dispatcher-tls-extra-hosts=localhost, 127.0.0.1",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -625,7 +634,9 @@ func TestDispatcherBindFlags(t *testing.T) {
 	if cfg.Namespace != "herald" || cfg.NATSURL != "nats://nats:4222" || cfg.Replicas != 3 ||
 		cfg.StorageClass != "fast" || cfg.Audience != "events" || cfg.NATSCredentialsSecret != "nats-user" ||
 		cfg.NATSNKeySecret != "nats-seed" || cfg.NATSTLSSecret != "nats-tls" ||
-		!slices.Equal(cfg.AllowedCIDRs, []string{"10.0.0.0/8", "fd00::/8"}) {
+		!slices.Equal(cfg.AllowedCIDRs, []string{"10.0.0.0/8", "fd00::/8"}) ||
+		!cfg.IngestInsecureHTTP || cfg.TLSIssuer != TLSIssuerExternal ||
+		!slices.Equal(cfg.TLSExtraHosts, []string{"localhost", "127.0.0.1"}) {
 		t.Errorf("flags not bound: %+v", cfg)
 	}
 	if cfg.Image != DefaultDispatcherImage || cfg.StorePath != DefaultDispatcherStorePath {
@@ -866,5 +877,49 @@ func TestDispatcherEnvtestQueueModeSwitch(t *testing.T) {
 			t.Errorf("step %d (embedded=%v): got strategy %s, %d replicas, %d volumes", i, cfg.Embedded(),
 				got.Spec.Strategy.Type, *got.Spec.Replicas, len(got.Spec.Template.Spec.Volumes))
 		}
+	}
+}
+
+// TestDispatcherIngestTLS: by default the dispatcher serves ingest over
+// HTTPS with the files of Secret herald-dispatcher-tls, mounted read-only;
+// --dispatcher-ingest-insecure-http turns that off, and the port names say
+// which protocol is served.
+func TestDispatcherIngestTLS(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		insecure bool
+		wantArgs []string
+		wantPort string
+	}{
+		{"https by default", false, []string{
+			"--ingest-tls-cert-file=/etc/herald/ingest-tls/tls.crt",
+			"--ingest-tls-key-file=/etc/herald/ingest-tls/tls.key",
+		}, "https"},
+		{"plain http on request", true, []string{"--ingest-insecure-http"}, "http"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultDispatcherConfig()
+			cfg.IngestInsecureHTTP = tc.insecure
+			d := DispatcherDeployment(cfg)
+			c := d.Spec.Template.Spec.Containers[0]
+			for _, want := range tc.wantArgs {
+				if !slices.Contains(c.Args, want) {
+					t.Errorf("args %v lack %s", c.Args, want)
+				}
+			}
+			if c.Ports[0].Name != tc.wantPort || DispatcherService(cfg).Spec.Ports[0].TargetPort.StrVal != tc.wantPort {
+				t.Errorf("ingest port: want name %q in the container and the Service", tc.wantPort)
+			}
+			volume := slices.IndexFunc(d.Spec.Template.Spec.Volumes, func(v corev1.Volume) bool {
+				return v.Secret != nil && v.Secret.SecretName == heraldv1alpha1.IngestTLSSecretName
+			})
+			mount := slices.IndexFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool {
+				return m.MountPath == "/etc/herald/ingest-tls" && m.ReadOnly
+			})
+			if tc.insecure != (volume < 0) || tc.insecure != (mount < 0) {
+				t.Errorf("Secret %s volume at %d, read-only mount at %d; want them only with HTTPS",
+					heraldv1alpha1.IngestTLSSecretName, volume, mount)
+			}
+		})
 	}
 }

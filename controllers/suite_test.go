@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -88,7 +89,7 @@ func runSuite(m *testing.M) int {
 	mgr, err := ctrl.NewManager(testCfg, ctrl.Options{
 		Scheme:  testScheme,
 		Metrics: metricsserver.Options{BindAddress: "0"},
-		Cache:   cache.Options{ByObject: DispatcherCacheOptions(testDispCfg)},
+		Cache:   cache.Options{ByObject: mergeByObject(DispatcherCacheOptions(testDispCfg), CABundleCacheOptions())},
 	})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "manager: %v\n", err)
@@ -107,6 +108,14 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "setup dispatcher controller: %v\n", err)
 		return 1
 	}
+	if err := (&IngestCertificateReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Config: testDispCfg}).SetupWithManager(mgr); err != nil {
+		fmt.Fprintf(os.Stderr, "setup ingest certificate controller: %v\n", err)
+		return 1
+	}
+	if err := (&CABundleReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Config: testDispCfg}).SetupWithManager(mgr); err != nil {
+		fmt.Fprintf(os.Stderr, "setup CA bundle controller: %v\n", err)
+		return 1
+	}
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
 
@@ -121,6 +130,14 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "manager did not stop within 30s")
 	}
 	return code
+}
+
+func mergeByObject(byObject ...map[client.Object]cache.ByObject) map[client.Object]cache.ByObject {
+	out := map[client.Object]cache.ByObject{}
+	for _, m := range byObject {
+		maps.Copy(out, m)
+	}
+	return out
 }
 
 func zapLevel() zapcore.Level {

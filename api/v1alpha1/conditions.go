@@ -117,6 +117,20 @@ const (
 	// DefaultNamespace is where Herald's manager and dispatcher run unless
 	// told otherwise.
 	DefaultNamespace = "herald-system"
+
+	// IngestTLSSecretName is the kubernetes.io/tls Secret, in the
+	// dispatcher's namespace, holding the ingest serving certificate
+	// (tls.crt, tls.key) and the CA bundle that verifies it (ca.crt). The
+	// manager issues it, or cert-manager does (config/components/cert-manager).
+	IngestTLSSecretName = "herald-dispatcher-tls"
+	// CASecretName is the Secret, in the dispatcher's namespace, of the CA
+	// the manager issues serving certificates with.
+	CASecretName = "herald-ca"
+	// CABundleConfigMapName is the ConfigMap the manager keeps in every
+	// namespace holding a WebhookEndpoint or a Subscription, as
+	// kube-root-ca.crt: its key ca.crt is the PEM bundle publishers verify
+	// the dispatcher's ingest with.
+	CABundleConfigMapName = "herald-ca"
 )
 
 // Keys of an endpoint's managed Secret. The manager writes them; the

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -66,6 +65,7 @@ type options struct {
 	allowedCIDRs   string
 	clusterCIDRs   string
 	insecureIngest bool
+	ingestTLS      ingestTLSFiles
 	maxBodyBytes   int64
 	limits         ingestLimits
 	drainTimeout   time.Duration
@@ -105,6 +105,7 @@ func main() {
 	flag.StringVar(&o.allowedCIDRs, "allowed-cidrs", "", "Comma-separated CIDRs deliveries may reach although not public (SSRF allowlist), e.g. 127.0.0.0/8 for local development.")
 	flag.StringVar(&o.clusterCIDRs, "cluster-cidrs", "", "Comma-separated pod and Service CIDRs of the cluster. Deliveries never reach them, even when they are publicly routable and even inside --allowed-cidrs.")
 	flag.BoolVar(&o.insecureIngest, "insecure-ingest", false, "DEVELOPMENT ONLY: accept events without authentication or authorization.")
+	o.ingestTLS.bindFlags(flag.CommandLine)
 	flag.Int64Var(&o.maxBodyBytes, "max-body-bytes", ingest.DefaultMaxBodyBytes, "Largest accepted ingest request body.")
 	o.limits.bindFlags(flag.CommandLine)
 	flag.DurationVar(&o.drainTimeout, "drain-timeout", 45*time.Second, "How long shutdown waits for in-flight deliveries.")
@@ -321,6 +322,19 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("router: %w", err)
 	}
 
+	certs, err := o.ingestTLS.watcher()
+	if err != nil {
+		return err
+	}
+	if certs != nil {
+		// Re-reads the files when they change (the kubelet swaps a mounted
+		// Secret's files) and every few seconds, so a renewed certificate
+		// is served without a restart.
+		if err := mgr.Add(certs); err != nil {
+			return err
+		}
+	}
+
 	handler, err := newIngestHandler(o, q, clientset, log.WithName("ingest"))
 	if err != nil {
 		return err
@@ -342,7 +356,7 @@ func run(ctx context.Context, o options) error {
 		drainTimeout: o.drainTimeout,
 		catalog:      cat,
 		ingest: func(ctx context.Context) error {
-			return serveIngest(ctx, o.ingestAddr, handler, ingest.ServerOptions{MaxConnections: o.limits.maxConnections})
+			return serveIngest(ctx, o.ingestAddr, certs, handler, ingest.ServerOptions{MaxConnections: o.limits.maxConnections})
 		},
 		removeOrphans: func(ctx context.Context) error {
 			return removeOrphans(ctx, log.WithName("queue"), q, mgr.GetAPIReader())
@@ -375,7 +389,8 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 
-	log.Info("Starting dispatcher", "mode", modeOf(o), "ingest", o.ingestAddr, "allowedCIDRs", o.allowedCIDRs, "clusterCIDRs", o.clusterCIDRs, "insecureIngest", o.insecureIngest)
+	log.Info("Starting dispatcher", "mode", modeOf(o), "ingest", o.ingestAddr, "ingestHTTPS", certs != nil,
+		"allowedCIDRs", o.allowedCIDRs, "clusterCIDRs", o.clusterCIDRs, "insecureIngest", o.insecureIngest)
 	return mgr.Start(ctx)
 }
 
@@ -495,29 +510,6 @@ func newIngestHandler(o options, q *queue.Queue, clientset kubernetes.Interface,
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
 	return handler, nil
-}
-
-// serveIngest serves the ingest handler until ctx ends, then lets requests
-// in progress finish: an event is acknowledged (202) only after JetStream
-// stored it, so a request cut short is retried by its publisher. The
-// server's deadlines and connection limit keep slow and idle clients from
-// holding its resources.
-func serveIngest(ctx context.Context, addr string, h http.Handler, opts ingest.ServerOptions) error {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("ingest listen on %s: %w", addr, err)
-	}
-	srv := ingest.NewServer(h, opts)
-	errCh := make(chan error, 1)
-	go func() { errCh <- srv.Serve(ingest.LimitConnections(l, opts)) }()
-	select {
-	case err := <-errCh:
-		return fmt.Errorf("ingest server: %w", err)
-	case <-ctx.Done():
-	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	return srv.Shutdown(shutdownCtx)
 }
 
 // removeDeletedEndpoint removes what the queue holds for a deleted

@@ -5,6 +5,8 @@ package main
 import (
 	"crypto/tls"
 	"flag"
+	"fmt"
+	"maps"
 	"os"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -48,11 +50,11 @@ func main() {
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
 	log := ctrl.Log.WithName("setup")
 
-	if runDispatcher {
-		if err := dispatcherCfg.Validate(); err != nil {
-			log.Error(err, "Invalid dispatcher configuration")
-			os.Exit(2)
-		}
+	// Validated also when the dispatcher runs elsewhere: the ingest
+	// certificate and the CA bundle follow the --dispatcher-tls-* flags.
+	if err := dispatcherCfg.Validate(); err != nil {
+		log.Error(err, "Invalid dispatcher configuration")
+		os.Exit(2)
 	}
 
 	scheme := runtime.NewScheme()
@@ -74,6 +76,7 @@ func main() {
 	}
 	// The dispatcher watchdog reads one Lease, wherever the dispatcher runs.
 	cacheOpts.ByObject[&coordinationv1.Lease{}] = controllers.StatusWriterLeaseCacheOptions(dispatcherCfg.Namespace)
+	maps.Copy(cacheOpts.ByObject, controllers.CABundleCacheOptions())
 
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme:                 scheme,
@@ -121,6 +124,11 @@ func main() {
 		}
 	}
 
+	if err := setupIngestTLS(mgr, dispatcherCfg); err != nil {
+		log.Error(err, "Unable to set up the ingest TLS controllers")
+		os.Exit(1)
+	}
+
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		log.Error(err, "Unable to set up health check")
 		os.Exit(1)
@@ -135,4 +143,31 @@ func main() {
 		log.Error(err, "Manager exited with an error")
 		os.Exit(1)
 	}
+}
+
+// setupIngestTLS runs the ingest certificate's controllers, also when the
+// dispatcher runs elsewhere (--manage-dispatcher=false): the manager issues
+// the certificate (unless an external issuer does) and publishes the CA
+// bundle to the namespaces with Herald objects.
+func setupIngestTLS(mgr ctrl.Manager, cfg controllers.DispatcherConfig) error {
+	if cfg.IngestInsecureHTTP {
+		return nil
+	}
+	if cfg.TLSIssuer == controllers.TLSIssuerManager {
+		if err := (&controllers.IngestCertificateReconciler{
+			Client:    mgr.GetClient(),
+			APIReader: mgr.GetAPIReader(),
+			Config:    cfg,
+		}).SetupWithManager(mgr); err != nil {
+			return fmt.Errorf("ingest certificate controller: %w", err)
+		}
+	}
+	if err := (&controllers.CABundleReconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Config:    cfg,
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("CA bundle controller: %w", err)
+	}
+	return nil
 }

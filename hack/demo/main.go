@@ -4,10 +4,11 @@
 // published with a ServiceAccount token, and `kubectl get webhooks`.
 //
 // With DEMO_KEEP=1 everything keeps running after the tour until
-// interrupted, and two lines tell scripts where to connect:
+// interrupted, and three lines tell scripts where to connect:
 //
 //	KUBECONFIG=<path>
-//	HERALD_INGEST_URL=<base url>
+//	HERALD_INGEST_URL=<base url, https>
+//	HERALD_INGEST_CA=<path to the PEM CA bundle that verifies it>
 package main
 
 import (
@@ -19,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/test/e2e"
 )
 
@@ -86,6 +88,11 @@ func run(ctx context.Context) error {
 	}
 	say("receiver configured with the signing secret from Secret orders-receiver-herald")
 
+	if _, err := h.Kubectl(ctx, "wait", "-n", namespace, "--for=create", "configmap/"+heraldv1.CABundleConfigMapName, "--timeout=30s"); err != nil {
+		return err
+	}
+	say("ingest is HTTPS; publishers in %q verify it with ca.crt of ConfigMap %s, which the manager keeps there", namespace, heraldv1.CABundleConfigMapName)
+
 	token, err := h.PublisherToken(ctx, namespace, "shop")
 	if err != nil {
 		return err
@@ -114,7 +121,7 @@ func run(ctx context.Context) error {
 	if code != 202 {
 		return fmt.Errorf("publish answered %d: %s", code, body)
 	}
-	say("published %d order.created events: 202 Accepted", len(events))
+	say("published %d order.created events over HTTPS: 202 Accepted", len(events))
 	say("the filter of Subscription eu-large-orders lets %d of them through to the receiver; all go to legacy-crm, which refuses connections", wantAtReceiver)
 
 	waitCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
@@ -160,7 +167,9 @@ func run(ctx context.Context) error {
 	if os.Getenv("DEMO_KEEP") == "1" {
 		fmt.Printf("KUBECONFIG=%s\n", h.Kubeconfig)
 		fmt.Printf("HERALD_INGEST_URL=%s\n", h.IngestURL)
-		say("DEMO_KEEP=1: Herald keeps running; publish to $HERALD_INGEST_URL/v1/namespaces/%s/events with a token from `kubectl create token`; Ctrl-C to stop", namespace)
+		fmt.Printf("HERALD_INGEST_CA=%s\n", h.IngestCA)
+		say("DEMO_KEEP=1: Herald keeps running; publish to $HERALD_INGEST_URL/v1/namespaces/%s/events "+
+			"with a token from `kubectl create token` and `curl --cacert $HERALD_INGEST_CA`; Ctrl-C to stop", namespace)
 		<-ctx.Done()
 	}
 	return nil

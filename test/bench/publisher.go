@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -72,14 +73,16 @@ type publishCounters struct {
 	firstError                                         atomic.Pointer[string]
 }
 
-// NewPublisher returns a publisher with a connection pool of conns.
-func NewPublisher(url, token string, conns int) *Publisher {
+// NewPublisher returns a publisher with a connection pool of conns,
+// verifying ingest's certificate with tlsConfig.
+func NewPublisher(url, token string, conns int, tlsConfig *tls.Config) *Publisher {
 	return &Publisher{
 		URL: url, Token: token, Conns: conns, MaxBatch: 100, Flush: time.Millisecond, RetryFor: 20 * time.Second,
 		client: &http.Client{
 			Timeout: 30 * time.Second,
 			Transport: &http.Transport{
 				Proxy:               nil,
+				TLSClientConfig:     tlsConfig,
 				MaxIdleConns:        conns,
 				MaxIdleConnsPerHost: conns,
 				MaxConnsPerHost:     conns,

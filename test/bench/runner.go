@@ -510,7 +510,7 @@ func (r *Runner) namespace(ctx context.Context, ns string) (*Publisher, error) {
 	if err != nil {
 		return nil, err
 	}
-	return NewPublisher(r.h.IngestURL+"/v1/namespaces/"+ns+"/events", token, publisherConns), nil
+	return NewPublisher(r.h.IngestURL+"/v1/namespaces/"+ns+"/events", token, publisherConns, r.h.IngestTLSConfig()), nil
 }
 
 // publisherConns is the publisher's connection pool: well under ingest's

@@ -13,6 +13,7 @@ import (
 	. "github.com/onsi/gomega"
 	"sigs.k8s.io/yaml"
 
+	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/controllers"
 )
 
@@ -109,6 +110,52 @@ func firstDocument(t *testing.T, manifests, kind string) string {
 	return ""
 }
 
+// TestCertManagerComponentIssuesTheSecretTheDispatcherMounts renders
+// config/default with config/components/cert-manager: the Certificate
+// writes the Secret the dispatcher Deployment mounts, for the names the
+// manager itself would issue, and the manager is told not to issue.
+// (cert-manager's CRDs are not installed here, so this is a rendering
+// test, not a dry run.)
+func TestCertManagerComponentIssuesTheSecretTheDispatcherMounts(t *testing.T) {
+	g := NewWithT(t)
+	overlay := t.TempDir()
+	rel := func(dir string) string {
+		p, err := filepath.Rel(overlay, filepath.Join(herald.Root, "config", dir))
+		g.Expect(err).NotTo(HaveOccurred())
+		return p
+	}
+	g.Expect(os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(
+		"resources: ["+rel("default")+"]\ncomponents: ["+rel("components/cert-manager")+"]\n"), 0o600)).To(Succeed())
+	rendered, err := herald.Kubectl(context.Background(), "kustomize", overlay)
+	g.Expect(err).NotTo(HaveOccurred())
+
+	g.Expect(firstDocument(t, rendered, "Deployment")).To(ContainSubstring("- --dispatcher-tls-issuer=" + controllers.TLSIssuerExternal + "\n"))
+	found := false
+	for _, doc := range strings.Split(rendered, "\n---\n") {
+		if !strings.Contains(doc, "kind: Certificate\n") {
+			continue
+		}
+		var leaf struct {
+			Metadata struct{ Namespace string }
+			Spec     struct {
+				SecretName string   `json:"secretName"`
+				DNSNames   []string `json:"dnsNames"`
+				IsCA       bool     `json:"isCA"`
+			}
+		}
+		g.Expect(yaml.Unmarshal([]byte(doc), &leaf)).To(Succeed())
+		if leaf.Spec.IsCA {
+			continue
+		}
+		found = true
+		cfg := controllers.DefaultDispatcherConfig()
+		g.Expect(leaf.Metadata.Namespace).To(Equal(cfg.Namespace))
+		g.Expect(leaf.Spec.SecretName).To(Equal(heraldv1.IngestTLSSecretName))
+		g.Expect(leaf.Spec.DNSNames).To(Equal(controllers.IngestServingHosts(cfg)))
+	}
+	g.Expect(found).To(BeTrue(), "a serving Certificate")
+}
+
 // TestDockerfileBuildsStaticBinaries runs the Go build the Dockerfile runs,
 // on a copy of exactly what the Dockerfile copies into its build stage, and
 // checks both binaries are static (distroless/static has no libc). No
@@ -161,10 +208,11 @@ func TestDockerfileBuildsStaticBinaries(t *testing.T) {
 // with the arguments the manager puts in its Deployment (both queue modes):
 // every flag must exist, or the pod would crash-loop in a cluster.
 func TestDispatcherAcceptsTheManagersArguments(t *testing.T) {
-	for _, natsURL := range []string{"", "nats://nats:4222"} {
+	for i, natsURL := range []string{"", "nats://nats:4222"} {
 		g := NewWithT(t)
 		cfg := controllers.DefaultDispatcherConfig()
 		cfg.NATSURL = natsURL
+		cfg.IngestInsecureHTTP = i == 1 // and both ingest protocols
 		cfg.AllowedCIDRs = []string{"10.0.0.0/8"}
 		cfg.LogLevel = "warn"
 		c := controllers.DispatcherDeployment(cfg).Spec.Template.Spec.Containers[0]

@@ -135,7 +135,7 @@ func startFaultHerald(t *testing.T, bins Binaries) *faultHerald {
 		"--kubeconfig=" + managerKubeconfig,
 		"--manage-dispatcher=false", "--metrics-bind-address=0",
 		"--health-probe-bind-address=127.0.0.1:" + strconv.Itoa(managerHealth),
-		"--zap-log-level=debug",
+		"--zap-log-level=debug", LocalIngestHostsFlag,
 	}
 	if err := h.StartManager(ctx); err != nil {
 		t.Fatal(err)
@@ -149,9 +149,13 @@ func startFaultHerald(t *testing.T, bins Binaries) *faultHerald {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.IngestURL = fmt.Sprintf("http://127.0.0.1:%d", ingestPort)
+	tlsArgs, err := h.UseIngestCertificate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.IngestURL = fmt.Sprintf("https://127.0.0.1:%d", ingestPort)
 	h.healthURL = fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort)
-	h.dispatcherArgs = []string{
+	h.dispatcherArgs = append([]string{
 		"--kubeconfig=" + dispatcherKubeconfig,
 		"--store-dir=" + filepath.Join(dir, "jetstream"),
 		"--ingest-addr=127.0.0.1:" + strconv.Itoa(ingestPort),
@@ -163,7 +167,7 @@ func startFaultHerald(t *testing.T, bins Binaries) *faultHerald {
 		"--drain-timeout=10s",
 		"--pod-name=dispatcher-faults",
 		"--log-level=debug",
-	}
+	}, tlsArgs...)
 	if err := h.StartDispatcher(ctx); err != nil {
 		t.Fatal(err)
 	}

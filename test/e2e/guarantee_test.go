@@ -35,6 +35,7 @@ func startSteadyPublisher(t *testing.T, ns, token, source string, interval time.
 	t.Helper()
 	ceClient, err := cloudevents.NewClientHTTP(
 		cloudevents.WithTarget(herald.IngestURL+"/v1/namespaces/"+ns+"/events"),
+		cehttp.WithClient(*herald.IngestClient()),
 		cehttp.WithHeader("Authorization", "Bearer "+token))
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -15,7 +17,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 )
 
 // Herald is a local Herald: control plane, manager and dispatcher.
@@ -24,8 +29,13 @@ type Herald struct {
 	Bins       Binaries
 	Manager    *Process
 	Dispatcher *Process
-	// IngestURL is the dispatcher's ingest base URL.
+	// IngestURL is the dispatcher's ingest base URL (https).
 	IngestURL string
+	// IngestCA is the PEM file of the CA bundle that verifies ingest, as
+	// publishers find it in ConfigMap herald-ca.
+	IngestCA string
+
+	ingestRoots *x509.CertPool
 
 	dispatcherArgs   []string
 	healthURL        string
@@ -77,7 +87,7 @@ func Start(ctx context.Context, o Options) (*Herald, error) {
 		return nil, err
 	}
 	h.managerArgs = []string{"--manage-dispatcher=false", "--metrics-bind-address=0",
-		"--health-probe-bind-address=127.0.0.1:" + strconv.Itoa(managerHealth)}
+		"--health-probe-bind-address=127.0.0.1:" + strconv.Itoa(managerHealth), LocalIngestHostsFlag}
 	h.managerHealthURL = fmt.Sprintf("http://127.0.0.1:%d/readyz", managerHealth)
 	if err := h.StartManager(ctx); err != nil {
 		return nil, err
@@ -92,13 +102,17 @@ func Start(ctx context.Context, o Options) (*Herald, error) {
 	if err != nil {
 		return nil, err
 	}
-	h.IngestURL = fmt.Sprintf("http://127.0.0.1:%d", ingestPort)
+	tlsArgs, err := h.UseIngestCertificate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	h.IngestURL = fmt.Sprintf("https://127.0.0.1:%d", ingestPort)
 	h.healthURL = fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort)
 	api, err := newDeliveryAPI(o.Dir)
 	if err != nil {
 		return nil, err
 	}
-	h.dispatcherArgs = []string{
+	h.dispatcherArgs = append([]string{
 		"--store-dir=" + filepath.Join(o.Dir, "jetstream"),
 		"--ingest-addr=127.0.0.1:" + strconv.Itoa(ingestPort),
 		"--health-addr=127.0.0.1:" + strconv.Itoa(healthPort),
@@ -107,7 +121,7 @@ func Start(ctx context.Context, o Options) (*Herald, error) {
 		"--status-interval=" + o.StatusInterval.String(),
 		"--drain-timeout=10s",
 		"--pod-name=dispatcher-0",
-	}
+	}, tlsArgs...)
 	h.dispatcherArgs = append(h.dispatcherArgs, api.dispatcherArgs()...)
 	if err := h.StartDispatcher(ctx); err != nil {
 		return nil, err
@@ -221,7 +235,7 @@ func (h *Herald) Publish(ctx context.Context, namespace, token string, events []
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := h.IngestClient().Do(req)
 	if err != nil {
 		return 0, "", err
 	}
@@ -252,4 +266,64 @@ func (h *Herald) ApplyYAML(ctx context.Context, namespace, manifests string) (st
 	}
 	_ = f.Close()
 	return h.Kubectl(ctx, "apply", "-n", namespace, "-f", f.Name())
+}
+
+// LocalIngestHostsFlag is the manager flag that adds the loopback names to
+// the ingest certificate: locally, publishers reach the dispatcher at
+// 127.0.0.1 rather than at its Service's names.
+const LocalIngestHostsFlag = "--dispatcher-tls-extra-hosts=127.0.0.1,localhost"
+
+// UseIngestCertificate waits for the manager to issue the ingest
+// certificate (Secret herald-dispatcher-tls, which it keeps even with
+// --manage-dispatcher=false), writes it where the local dispatcher reads
+// it, as the Deployment mounts it in a cluster, and returns the
+// dispatcher's flags for it. It also sets IngestCA and IngestClient.
+func (h *Herald) UseIngestCertificate(ctx context.Context) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	secret := &corev1.Secret{}
+	key := client.ObjectKey{Namespace: heraldv1.DefaultNamespace, Name: heraldv1.IngestTLSSecretName}
+	for {
+		err := h.Client.Get(ctx, key, secret)
+		if err == nil {
+			break
+		}
+		if !apierrors.IsNotFound(err) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("the manager issued no ingest certificate (Secret %s): %w", key, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	dir := filepath.Join(h.Dir, "ingest-tls")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	for name, data := range secret.Data {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			return nil, err
+		}
+	}
+	h.IngestCA = filepath.Join(dir, "ca.crt")
+	h.ingestRoots = x509.NewCertPool()
+	if !h.ingestRoots.AppendCertsFromPEM(secret.Data["ca.crt"]) {
+		return nil, fmt.Errorf("no CA bundle in ca.crt of Secret %s", key)
+	}
+	return []string{
+		"--ingest-tls-cert-file=" + filepath.Join(dir, "tls.crt"),
+		"--ingest-tls-key-file=" + filepath.Join(dir, "tls.key"),
+	}, nil
+}
+
+// IngestClient is an HTTP client that trusts the ingest CA and nothing
+// else, and ignores proxies from the environment.
+func (h *Herald) IngestClient() *http.Client {
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: h.IngestTLSConfig()}}
+}
+
+// IngestTLSConfig trusts the ingest CA and nothing else.
+func (h *Herald) IngestTLSConfig() *tls.Config {
+	return &tls.Config{RootCAs: h.ingestRoots, MinVersion: tls.VersionTLS12}
 }
