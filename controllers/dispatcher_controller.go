@@ -56,6 +56,8 @@ import (
 // bind/escalate verbs).
 // +kubebuilder:rbac:groups=herald.dev,resources=webhookendpoints;subscriptions,verbs=get;list;watch
 // +kubebuilder:rbac:groups=herald.dev,resources=webhookendpoints/status;subscriptions/status,verbs=get;patch
+// +kubebuilder:rbac:groups=herald.dev,resources=redeliveries,verbs=get;list;watch
+// +kubebuilder:rbac:groups=herald.dev,resources=redeliveries/status,verbs=get;patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create

@@ -488,6 +488,20 @@ func DispatcherClusterRole(_ DispatcherConfig) *rbacv1.ClusterRole {
 				Resources: []string{"webhookendpoints/status", "subscriptions/status"},
 				Verbs:     []string{"get", "patch"},
 			},
+			// The dispatcher executes Redeliveries (it owns the queue) and
+			// reports their progress in their status; it never creates,
+			// changes or deletes them.
+			{
+				APIGroups: []string{heraldv1alpha1.GroupVersion.Group},
+				Resources: []string{"redeliveries"},
+				Verbs:     []string{"get", "list", "watch"},
+			},
+			{
+				APIGroups: []string{heraldv1alpha1.GroupVersion.Group},
+				Resources: []string{"redeliveries/status"},
+				Verbs:     []string{"get", "patch"},
+			},
+
 			// Signing keys, header values and TLS material of each endpoint,
 			// from the Secret the manager compiles. RBAC cannot scope by
 			// label, so this grants every Secret; the dispatcher's informer

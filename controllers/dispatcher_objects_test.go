@@ -504,6 +504,10 @@ func TestDispatcherClusterRole(t *testing.T) {
 		{"herald.dev", "subscriptions", []string{"get", "list", "watch"}},
 		{"herald.dev", "webhookendpoints/status", []string{"get", "patch"}},
 		{"herald.dev", "subscriptions/status", []string{"get", "patch"}},
+		// It executes Redeliveries and reports in their status, never
+		// writing their spec.
+		{"herald.dev", "redeliveries", []string{"get", "list", "watch"}},
+		{"herald.dev", "redeliveries/status", []string{"get", "patch"}},
 		{"authentication.k8s.io", "tokenreviews", []string{"create"}},
 		{"authorization.k8s.io", "subjectaccessreviews", []string{"create"}},
 		// The dispatcher records no Events. It elects its status writer

@@ -53,7 +53,16 @@ const (
 	EndpointNotReadyReason = "EndpointNotReady"
 	// InvalidFilterReason: a Subscription's CEL filter does not compile.
 	InvalidFilterReason = "InvalidFilter"
+	// RequeueingReason: a Redelivery is queueing its deliveries again.
+	RequeueingReason = "Requeueing"
+	// RequeueFailedReason: queueing a Redelivery's deliveries failed for
+	// now (the queue is full or unreachable); the dispatcher retries.
+	RequeueFailedReason = "RequeueFailed"
+	// CompletedReason: a Redelivery queued every matching delivery again;
+	// it never runs again.
+	CompletedReason = "Completed"
 )
+
 
 // Reasons of the DeliveryHealthy condition.
 const (
@@ -100,6 +109,7 @@ const (
 	// rotates once per distinct value and records the value it handled in
 	// status.signing.lastHandledRotation.
 	RotateSigningKeyAnnotation = "herald.dev/rotate-signing-key"
+
 
 	// ComponentLabel names the part of Herald an object belongs to.
 	ComponentLabel = "app.kubernetes.io/component"

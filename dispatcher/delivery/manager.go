@@ -17,8 +17,8 @@ import (
 
 	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/dispatcher/catalog"
-	"github.com/herald-dev/herald/dispatcher/deliverylog"
 	"github.com/herald-dev/herald/dispatcher/delivery/ssrf"
+	"github.com/herald-dev/herald/dispatcher/deliverylog"
 	"github.com/herald-dev/herald/dispatcher/queue"
 )
 
