@@ -58,6 +58,7 @@ import (
 // +kubebuilder:rbac:groups=herald.dev,resources=webhookendpoints/status;subscriptions/status,verbs=get;patch
 // +kubebuilder:rbac:groups=herald.dev,resources=redeliveries,verbs=get;list;watch
 // +kubebuilder:rbac:groups=herald.dev,resources=redeliveries/status,verbs=get;patch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create

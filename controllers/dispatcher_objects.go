@@ -501,7 +501,13 @@ func DispatcherClusterRole(_ DispatcherConfig) *rbacv1.ClusterRole {
 				Resources: []string{"redeliveries/status"},
 				Verbs:     []string{"get", "patch"},
 			},
-
+			// A ping's outcome is an Event on the endpoint (PingSucceeded,
+			// PingFailed).
+			{
+				APIGroups: []string{"events.k8s.io"},
+				Resources: []string{"events"},
+				Verbs:     []string{"create", "patch"},
+			},
 			// Signing keys, header values and TLS material of each endpoint,
 			// from the Secret the manager compiles. RBAC cannot scope by
 			// label, so this grants every Secret; the dispatcher's informer
@@ -538,8 +544,7 @@ func DispatcherClusterRole(_ DispatcherConfig) *rbacv1.ClusterRole {
 			// Unknown, DispatcherNotReporting). Create cannot be limited
 			// to a name; get and update are. Which replica writes is
 			// decided in a JetStream KeyValue bucket (dispatcher/health),
-			// not by this Lease. No Events: the dispatcher reports through
-			// status.
+			// not by this Lease.
 			{
 				APIGroups: []string{"coordination.k8s.io"},
 				Resources: []string{"leases"},

@@ -510,12 +510,13 @@ func TestDispatcherClusterRole(t *testing.T) {
 		{"herald.dev", "redeliveries/status", []string{"get", "patch"}},
 		{"authentication.k8s.io", "tokenreviews", []string{"create"}},
 		{"authorization.k8s.io", "subjectaccessreviews", []string{"create"}},
-		// The dispatcher records no Events. It elects its status writer
+		// The dispatcher records Events only for pings, through the
+		// events.k8s.io API; no core Events. It elects its status writer
 		// with a JetStream KeyValue lease; the writer renews one Kubernetes
 		// Lease (create, and get/update of that name only, below) so the
 		// manager can see when no dispatcher reports.
 		{"", "events", nil},
-		{"events.k8s.io", "events", nil},
+		{"events.k8s.io", "events", []string{"create", "patch"}},
 		{"coordination.k8s.io", "leases", []string{"create", "get", "update"}},
 		{"", "configmaps", nil},
 		{"", "pods", nil},

@@ -63,6 +63,12 @@ const (
 	CompletedReason = "Completed"
 )
 
+// Reasons of the Events on a WebhookEndpoint after a ping
+// (PingAnnotation).
+const (
+	PingSucceededReason = "PingSucceeded"
+	PingFailedReason    = "PingFailed"
+)
 
 // Reasons of the DeliveryHealthy condition.
 const (
@@ -110,6 +116,14 @@ const (
 	// status.signing.lastHandledRotation.
 	RotateSigningKeyAnnotation = "herald.dev/rotate-signing-key"
 
+	// PingAnnotation requests a ping of a WebhookEndpoint: set it to any
+	// new value. The dispatcher sends one signed event of type PingEventType
+	// per distinct value, outside any Subscription, and reports the outcome
+	// as an Event (PingSucceededReason, PingFailedReason) whose message
+	// names the value, and as a Delivery in the delivery log.
+	PingAnnotation = "herald.dev/ping"
+	// PingEventType is the CloudEvents type of a ping.
+	PingEventType = "herald.ping"
 
 	// ComponentLabel names the part of Herald an object belongs to.
 	ComponentLabel = "app.kubernetes.io/component"
