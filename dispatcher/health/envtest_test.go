@@ -17,7 +17,7 @@ import (
 
 	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/dispatcher/catalog"
-	"github.com/herald-dev/herald/dispatcher/internal/testenv"
+	"github.com/herald-dev/herald/internal/testenv"
 )
 
 func TestMain(m *testing.M) {

@@ -26,9 +26,9 @@ import (
 	"github.com/herald-dev/herald/dispatcher/catalog"
 	"github.com/herald-dev/herald/dispatcher/delivery"
 	"github.com/herald-dev/herald/dispatcher/deliverylog"
-	"github.com/herald-dev/herald/dispatcher/internal/testenv"
 	"github.com/herald-dev/herald/dispatcher/queue"
 	"github.com/herald-dev/herald/dispatcher/signature"
+	"github.com/herald-dev/herald/internal/testenv"
 )
 
 func TestMain(m *testing.M) {

@@ -19,8 +19,8 @@ import (
 
 	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/dispatcher/deliverylog"
-	"github.com/herald-dev/herald/dispatcher/internal/testenv"
 	"github.com/herald-dev/herald/dispatcher/queue"
+	"github.com/herald-dev/herald/internal/testenv"
 )
 
 func TestMain(m *testing.M) {

@@ -54,7 +54,7 @@ func Client(t testing.TB) client.Client {
 	once.Do(func() {
 		_, file, _, _ := runtime.Caller(0)
 		env = &envtest.Environment{
-			CRDDirectoryPaths:     []string{filepath.Join(filepath.Dir(file), "..", "..", "..", "config", "crd", "bases")},
+			CRDDirectoryPaths:     []string{filepath.Join(filepath.Dir(file), "..", "..", "config", "crd", "bases")},
 			ErrorIfCRDPathMissing: true,
 		}
 		cfg, err := env.Start()
