@@ -98,8 +98,8 @@ soak: envtest ## Chaos soak for SOAK_DURATION (10m): random kills, restarts, edi
 ##@ Build
 
 .PHONY: build
-build: ## Build the manager and dispatcher binaries into bin/.
-	CGO_ENABLED=0 go build -trimpath -o $(LOCALBIN)/ ./cmd/manager ./cmd/dispatcher
+build: ## Build the manager, the dispatcher and the kubectl-herald plugin into bin/.
+	CGO_ENABLED=0 go build -trimpath -o $(LOCALBIN)/ ./cmd/manager ./cmd/dispatcher ./cmd/kubectl-herald
 
 .PHONY: run
 run: manifests generate ## Run the manager against the cluster in ~/.kube/config (or the KUBECONFIG file).

@@ -53,6 +53,21 @@ const (
 	EndpointNotReadyReason = "EndpointNotReady"
 	// InvalidFilterReason: a Subscription's CEL filter does not compile.
 	InvalidFilterReason = "InvalidFilter"
+	// RequeueingReason: a Redelivery is queueing its deliveries again.
+	RequeueingReason = "Requeueing"
+	// RequeueFailedReason: queueing a Redelivery's deliveries failed for
+	// now (the queue is full or unreachable); the dispatcher retries.
+	RequeueFailedReason = "RequeueFailed"
+	// CompletedReason: a Redelivery queued every matching delivery again;
+	// it never runs again.
+	CompletedReason = "Completed"
+)
+
+// Reasons of the Events on a WebhookEndpoint after a ping
+// (PingAnnotation).
+const (
+	PingSucceededReason = "PingSucceeded"
+	PingFailedReason    = "PingFailed"
 )
 
 // Reasons of the DeliveryHealthy condition.
@@ -100,6 +115,15 @@ const (
 	// rotates once per distinct value and records the value it handled in
 	// status.signing.lastHandledRotation.
 	RotateSigningKeyAnnotation = "herald.dev/rotate-signing-key"
+
+	// PingAnnotation requests a ping of a WebhookEndpoint: set it to any
+	// new value. The dispatcher sends one signed event of type PingEventType
+	// per distinct value, outside any Subscription, and reports the outcome
+	// as an Event (PingSucceededReason, PingFailedReason) whose message
+	// names the value, and as a Delivery in the delivery log.
+	PingAnnotation = "herald.dev/ping"
+	// PingEventType is the CloudEvents type of a ping.
+	PingEventType = "herald.ping"
 
 	// ComponentLabel names the part of Herald an object belongs to.
 	ComponentLabel = "app.kubernetes.io/component"

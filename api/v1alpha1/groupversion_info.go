@@ -28,6 +28,7 @@ func addKnownTypes(s *runtime.Scheme) error {
 	s.AddKnownTypes(GroupVersion,
 		&WebhookEndpoint{}, &WebhookEndpointList{},
 		&Subscription{}, &SubscriptionList{},
+		&Redelivery{}, &RedeliveryList{},
 	)
 	metav1.AddToGroupVersion(s, GroupVersion)
 	return nil

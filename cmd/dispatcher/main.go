@@ -312,6 +312,12 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("delivery manager: %w", err)
 	}
 
+	// Redeliveries and pings. The delivery log is passed once it is wired
+	// here (nil: dead letters only, pings not logged).
+	if err := setupOperations(ctx, mgr, q, deliveryLog, reporter, deliveries, cat, log); err != nil {
+		return err
+	}
+
 	rt, err := router.New(q, cat, log.WithName("router"), router.Options{
 		Reporter:      reporter,
 		Queued:        deliveries.Wake,

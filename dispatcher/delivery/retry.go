@@ -128,8 +128,8 @@ type attemptResult struct {
 }
 
 // decide applies the retry policy to the attempt number attempt (1 for the
-// first) of a delivery ingested at ingestedAt.
-func decide(res attemptResult, policy heraldv1.RetryPolicy, attempt int, ingestedAt, now time.Time) decision {
+// first) of a delivery queued at queuedAt (ingested, or requeued).
+func decide(res attemptResult, policy heraldv1.RetryPolicy, attempt int, queuedAt, now time.Time) decision {
 	switch {
 	case res.success:
 		return decision{action: actionAck}
@@ -149,7 +149,7 @@ func decide(res attemptResult, policy heraldv1.RetryPolicy, attempt int, ingeste
 	} else {
 		delay = Backoff(attempt, policy.InitialBackoff, policy.MaxBackoff)
 	}
-	if !ingestedAt.IsZero() && now.Add(delay).Sub(ingestedAt) > policy.MaxAge {
+	if !queuedAt.IsZero() && now.Add(delay).Sub(queuedAt) > policy.MaxAge {
 		return decision{action: actionDeadLetter, deadLetterReason: ReasonMaxAge + ": " + res.reason}
 	}
 	return decision{action: actionRetry, delay: delay}

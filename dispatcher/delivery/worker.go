@@ -325,8 +325,11 @@ func (w *worker) process(cfg *workerConfig, msg *queue.Message, ticket *Ticket) 
 	}
 	policy := cfg.retry
 	ingested := msg.IngestedAt()
+	// retry.maxAge counts from ingest, or from the requeue of a delivery
+	// queued again by a Redelivery.
+	queued := msg.QueuedAt()
 
-	if time.Since(ingested) > policy.MaxAge {
+	if time.Since(queued) > policy.MaxAge {
 		ticket.Release()
 		o.Reason = ReasonMaxAge
 		w.deadLetter(msg, ReasonMaxAge, &o)
@@ -385,7 +388,7 @@ func (w *worker) process(cfg *workerConfig, msg *queue.Message, ticket *Ticket) 
 	}
 	o.CircuitOpen = ticket.Done(result)
 
-	d := decide(res, policy, o.Attempt, ingested, time.Now())
+	d := decide(res, policy, o.Attempt, queued, time.Now())
 	switch d.action {
 	case actionAck:
 		ctx, cancel := context.WithTimeout(context.Background(), finishTimeout)

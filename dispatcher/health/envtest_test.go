@@ -2,86 +2,34 @@ package health
 
 import (
 	"context"
-	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/dispatcher/catalog"
-)
-
-// One API server for the package, started by the first envtest test and
-// stopped by TestMain, so the unit tests run without one.
-var (
-	envOnce   sync.Once
-	envErr    error
-	testEnv   *envtest.Environment
-	k8sClient client.Client
-	nsCounter atomic.Int64
+	"github.com/herald-dev/herald/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if testEnv != nil {
-		if err := testEnv.Stop(); err != nil {
-			fmt.Fprintf(os.Stderr, "stop envtest: %v\n", err)
-		}
-	}
+	testenv.Stop()
 	os.Exit(code)
 }
 
-// startEnv returns a client of the package's API server. Without the
-// binaries the test fails — it is never skipped.
-func startEnv(t *testing.T) client.Client {
-	t.Helper()
-	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		t.Fatal("KUBEBUILDER_ASSETS is not set: run `make test`, which builds etcd and kube-apiserver into bin/k8s and points envtest at them")
-	}
-	envOnce.Do(func() {
-		scheme := runtime.NewScheme()
-		utilruntime.Must(clientgoscheme.AddToScheme(scheme))
-		utilruntime.Must(heraldv1.AddToScheme(scheme))
-		testEnv = &envtest.Environment{
-			CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
-			ErrorIfCRDPathMissing: true,
-		}
-		cfg, err := testEnv.Start()
-		if err != nil {
-			envErr = fmt.Errorf("start envtest: %w", err)
-			testEnv = nil
-			return
-		}
-		k8sClient, envErr = client.New(cfg, client.Options{Scheme: scheme})
-	})
-	if envErr != nil {
-		t.Fatal(envErr)
-	}
-	return k8sClient
-}
+// startEnv returns a client of the package's API server.
+func startEnv(t *testing.T) client.Client { return testenv.Client(t) }
 
-func newNamespace(t *testing.T, c client.Client) string {
-	t.Helper()
-	name := fmt.Sprintf("health-%d-%d", time.Now().UnixNano()%1_000_000, nsCounter.Add(1))
-	if err := c.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil {
-		t.Fatal(err)
-	}
-	return name
-}
+func newNamespace(t *testing.T, c client.Client) string { return testenv.Namespace(t, c, "health") }
 
 func createEndpoint(t *testing.T, c client.Client, ns, name string) *heraldv1.WebhookEndpoint {
 	t.Helper()

@@ -85,6 +85,7 @@ func (r *Reporter) updateLease(ctx context.Context) {
 func (r *Reporter) acquired(revision uint64, now int64) {
 	wasHolding := r.lease.holding
 	r.lease.holding, r.lease.revision, r.lease.lastRenew = true, revision, now
+	r.holding.Store(true)
 	if !wasHolding {
 		r.log.Info("Became the status writer", "replica", r.opts.Replica)
 		r.metrics.writer.Set(1)
@@ -101,9 +102,15 @@ func (r *Reporter) stepDownIfExpired(now int64) {
 func (r *Reporter) stepDown(why string) {
 	r.log.Info("Stopped writing status", "reason", why)
 	r.lease.holding = false
+	r.holding.Store(false)
 	r.metrics.writer.Set(0)
 	r.stopWriting()
 }
+
+// IsStatusWriter reports whether this replica holds the status-writer
+// lease. Other one-replica duties (executing Redeliveries, pings) follow
+// the lease, so that exactly one replica performs them.
+func (r *Reporter) IsStatusWriter() bool { return r.holding.Load() }
 
 // releaseLease deletes the lease if this replica still holds it, so another
 // replica takes over at its next tick instead of after LeaseDuration.

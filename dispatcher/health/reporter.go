@@ -36,6 +36,7 @@ import (
 	"errors"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -217,6 +218,9 @@ type Reporter struct {
 	cacheMu sync.Mutex
 	cache   map[string]cacheEntry
 	dirty   map[objectKey]struct{}
+
+	// holding mirrors lease.holding for other goroutines (IsStatusWriter).
+	holding atomic.Bool
 
 	// Used by the Run goroutine only.
 	lease         leaseState

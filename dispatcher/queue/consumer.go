@@ -285,13 +285,29 @@ func newMessage(m jetstream.Msg) (*Message, error) {
 // IngestedAt is when the message's event was accepted at ingest
 // (HeaderIngestedAt, which fan-out copies onto deliveries), or when the
 // message was stored if that header is missing or unreadable.
-func (m *Message) IngestedAt() time.Time {
-	if v := m.Header.Get(HeaderIngestedAt); v != "" {
+func (m *Message) IngestedAt() time.Time { return IngestedAt(m.Header, m.Timestamp) }
+
+// IngestedAt reads HeaderIngestedAt from a delivery's header; fallback
+// when it is missing or unreadable.
+func IngestedAt(h Header, fallback time.Time) time.Time {
+	if v := h.Get(HeaderIngestedAt); v != "" {
 		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
 			return t
 		}
 	}
-	return m.Timestamp
+	return fallback
+}
+
+// QueuedAt is when the delivery's current round of attempts began: when
+// it was queued again (HeaderQueuedAt), or else IngestedAt. Its
+// retry.maxAge counts from it.
+func (m *Message) QueuedAt() time.Time {
+	if v := m.Header.Get(HeaderQueuedAt); v != "" {
+		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+			return t
+		}
+	}
+	return m.IngestedAt()
 }
 
 // Ack acknowledges the message and waits for the server to confirm, so that

@@ -67,8 +67,9 @@ func (q *Queue) subjectCount(ctx context.Context, stream jetstream.Stream, subje
 
 // ReplayDeadLetters moves the dead-lettered deliveries of an endpoint back
 // into its delivery queue, oldest first, and returns how many it moved. Each
-// replayed delivery starts again with NumDelivered 1 and the headers it had
-// before it was dead-lettered.
+// replayed delivery starts again with NumDelivered 1, the headers it had
+// before it was dead-lettered, and its maxAge counted from the replay
+// (RequeueHeader).
 //
 // Every delivery is re-queued before it is removed from the dead-letter
 // stream, so an interrupted replay loses nothing; replaying again within the
@@ -76,49 +77,113 @@ func (q *Queue) subjectCount(ctx context.Context, stream jetstream.Stream, subje
 // queued. Deliveries dead-lettered while the replay runs wait for the next
 // one.
 func (q *Queue) ReplayDeadLetters(ctx context.Context, namespace, endpoint string) (int, error) {
-	if err := validateEndpoint(namespace, endpoint); err != nil {
-		return 0, err
-	}
-	subject := DeadLetterSubject(namespace, endpoint)
-	info, err := q.deadLetter.Info(ctx)
+	last, err := q.DeadLetterPosition(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("replay dead letters of %s/%s: %w", namespace, endpoint, err)
 	}
-	lastSeq := info.State.LastSeq
-
 	replayed := 0
-	for seq := uint64(1); seq <= lastSeq; {
-		raw, err := q.deadLetter.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			break
-		}
-		if err != nil {
-			return replayed, fmt.Errorf("replay dead letters of %s/%s: read message at or after %d: %w", namespace, endpoint, seq, err)
-		}
-		if raw.Sequence > lastSeq {
-			break
-		}
-		header := publicHeader(raw.Header)
-		header.Del(HeaderDeadLetterReason)
-		header.Del(HeaderDeadLetterAttempts)
-		header.Del(HeaderDeadLetterTime)
+	now := time.Now()
+	err = q.DeadLetters(ctx, namespace, endpoint, last, func(dl *StoredDeadLetter) error {
 		// A fresh id: the original may still be in the duplicate window of the
 		// deliveries stream. It derives from the dead letter's sequence, so a
 		// repeated replay of the same dead letter is de-duplicated.
-		dedupID := hashFields("herald-replay/v1", raw.Header.Get(jetstream.MsgIDHeader), strconv.FormatUint(raw.Sequence, 10))
-		if _, _, err := q.PublishDelivery(ctx, namespace, endpoint, dedupID, raw.Data, header); err != nil {
-			return replayed, fmt.Errorf("replay dead letter %d of %s/%s: %w", raw.Sequence, namespace, endpoint, err)
+		dedupID := hashFields("herald-replay/v1", dl.DedupID, strconv.FormatUint(dl.Sequence, 10))
+		if _, _, err := q.PublishDelivery(ctx, namespace, endpoint, dedupID, dl.Data, RequeueHeader(dl.Header, now)); err != nil {
+			return fmt.Errorf("replay dead letter %d of %s/%s: %w", dl.Sequence, namespace, endpoint, err)
 		}
-		if err := q.deadLetter.DeleteMsg(ctx, raw.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-			return replayed, fmt.Errorf("remove replayed dead letter %d of %s/%s: %w", raw.Sequence, namespace, endpoint, err)
+		if err := q.DeleteDeadLetter(ctx, dl.Sequence); err != nil {
+			return err
 		}
 		replayed++
-		seq = raw.Sequence + 1
-	}
+		return nil
+	})
 	if replayed > 0 {
 		q.log.Info("Replayed dead-lettered deliveries", "namespace", namespace, "endpoint", endpoint, "count", replayed)
 	}
-	return replayed, nil
+	return replayed, err
+}
+
+// StoredDeadLetter is one dead-lettered delivery as the dead-letter stream
+// keeps it.
+type StoredDeadLetter struct {
+	// Sequence is its sequence in the dead-letter stream.
+	Sequence uint64
+	// Data is the delivery's payload, the stored CloudEvent.
+	Data []byte
+	// Header holds the delivery's headers and the dead-letter headers
+	// (HeaderDeadLetterReason, …), without JetStream's own.
+	Header Header
+	// DedupID is the id the dead letter was stored with.
+	DedupID string
+	// Time is when it was dead-lettered.
+	Time time.Time
+}
+
+// DeadLetterPosition is the last sequence of the dead-letter stream: the
+// upper bound of a DeadLetters scan that should not see dead letters
+// stored after it started.
+func (q *Queue) DeadLetterPosition(ctx context.Context) (uint64, error) {
+	info, err := q.deadLetter.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("read the dead-letter stream: %w", err)
+	}
+	return info.State.LastSeq, nil
+}
+
+// DeadLetters calls fn for each dead letter of an endpoint stored at or
+// before sequence upTo, oldest first, until fn returns an error, which
+// DeadLetters returns.
+func (q *Queue) DeadLetters(ctx context.Context, namespace, endpoint string, upTo uint64, fn func(*StoredDeadLetter) error) error {
+	if err := validateEndpoint(namespace, endpoint); err != nil {
+		return err
+	}
+	subject := DeadLetterSubject(namespace, endpoint)
+	for seq := uint64(1); seq <= upTo; {
+		raw, err := q.deadLetter.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read dead letters of %s/%s at or after %d: %w", namespace, endpoint, seq, err)
+		}
+		if raw.Sequence > upTo {
+			return nil
+		}
+		dl := &StoredDeadLetter{
+			Sequence: raw.Sequence,
+			Data:     raw.Data,
+			Header:   publicHeader(raw.Header),
+			DedupID:  raw.Header.Get(jetstream.MsgIDHeader),
+			Time:     raw.Time,
+		}
+		if err := fn(dl); err != nil {
+			return err
+		}
+		seq = raw.Sequence + 1
+	}
+	return nil
+}
+
+// DeleteDeadLetter removes a dead letter from the dead-letter stream once
+// it is queued again. Removing one already gone is not an error.
+func (q *Queue) DeleteDeadLetter(ctx context.Context, seq uint64) error {
+	if err := q.deadLetter.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("remove dead letter %d: %w", seq, err)
+	}
+	return nil
+}
+
+// RequeueHeader is the header of a delivery queued again: its own headers
+// (webhook-id, ingest time, Subscriptions) without the dead-letter ones,
+// and HeaderQueuedAt set to now, so its retry.maxAge counts from the
+// requeue.
+func RequeueHeader(h Header, now time.Time) Header {
+	out := cloneHeader(h)
+	out.Del(HeaderDeadLetterReason)
+	out.Del(HeaderDeadLetterAttempts)
+	out.Del(HeaderDeadLetterTime)
+	out.Set(HeaderQueuedAt, now.UTC().Format(time.RFC3339Nano))
+	return out
 }
 
 // Mark is a position in the delivery and dead-letter streams: what was

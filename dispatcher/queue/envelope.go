@@ -15,8 +15,13 @@ const (
 	// across retries, redeliveries, dead-letter replays and restarts.
 	HeaderWebhookID = "Herald-Webhook-Id"
 	// HeaderIngestedAt is the RFC 3339 (nanoseconds) time the event was
-	// acknowledged at ingest; a delivery's maxAge counts from it.
+	// acknowledged at ingest; a delivery's maxAge counts from it unless
+	// the delivery was queued again (HeaderQueuedAt).
 	HeaderIngestedAt = "Herald-Ingested-At"
+	// HeaderQueuedAt is the RFC 3339 (nanoseconds) time a delivery was
+	// queued again by a Redelivery or a dead-letter replay: its maxAge
+	// counts from then, so a requeued delivery gets a fresh budget.
+	HeaderQueuedAt = "Herald-Queued-At"
 	// HeaderSubscriptions lists, comma-separated, the Subscriptions of the
 	// endpoint that matched the event (so they can count deliveries).
 	HeaderSubscriptions = "Herald-Subscriptions"

@@ -191,6 +191,13 @@ func DeliveryDedupID(eventKey, namespace, endpoint string) string {
 	return hashFields("herald-delivery/v1", eventKey, namespace, endpoint)
 }
 
+// RequeueDedupID is the de-duplication id of a delivery queued again by
+// one requeue operation (a Redelivery, by its UID): retrying the requeue
+// within the duplicate window queues it once.
+func RequeueDedupID(operation, webhookID string) string {
+	return hashFields("herald-requeue/v1", operation, webhookID)
+}
+
 func hashFields(domain string, fields ...string) string {
 	h := sha256.New()
 	var length [8]byte

@@ -39,3 +39,12 @@ package rbac
 // are.
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=create,namespace=herald-system
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;update,namespace=herald-system,resourceNames=herald-dispatcher-status
+
+// Redeliveries are executed by the dispatcher (it owns the queue), which
+// reports their progress in their status; it never creates, changes or
+// deletes them.
+// +kubebuilder:rbac:groups=herald.dev,resources=redeliveries,verbs=get;list;watch
+// +kubebuilder:rbac:groups=herald.dev,resources=redeliveries/status,verbs=patch
+
+// A ping's outcome is an Event on the endpoint (PingSucceeded, PingFailed).
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
