@@ -36,8 +36,22 @@ func TestChartInstallUpgradeUninstall(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 
 	helm(t, "install", releaseName, chartDir, "--namespace", releaseNamespace, "--create-namespace")
+	// A failure below must not leave the release behind: its cluster-scoped
+	// objects, owned by helm, would conflict with the other tests' applies.
+	t.Cleanup(func() {
+		if out, _ := run(context.Background(), nil, helmBin, "list", "--namespace", releaseNamespace, "-q",
+			"--kubeconfig", cluster.kubeconfig); strings.TrimSpace(out) != "" {
+			_, _ = run(context.Background(), nil, helmBin, "uninstall", releaseName, "--namespace", releaseNamespace,
+				"--wait", "--kubeconfig", cluster.kubeconfig)
+		}
+	})
 	g.Expect(kubectl(t, nil, "get", "crd", "webhookendpoints.herald.dev", "subscriptions.herald.dev", "-o", "name")).
 		To(ContainSubstring("webhookendpoints.herald.dev"))
+	// The dispatcher's RBAC ships with the release; the manager writes none.
+	kubectl(t, nil, "get", "clusterrole/herald-dispatcher", "clusterrolebinding/herald-dispatcher",
+		"clusterrolebinding/herald-dispatcher-auth-delegator")
+	kubectl(t, nil, "get", "role/herald-dispatcher", "rolebinding/herald-dispatcher", "-n", releaseNamespace)
+	kubectl(t, nil, "get", "rolebinding/herald-dispatcher-auth-reader", "-n", "kube-system")
 
 	manager := startChartManager(t, bins.Manager)
 	waitFor(t, "the dispatcher Deployment created by the manager", func() (bool, string) {
@@ -48,7 +62,6 @@ func TestChartInstallUpgradeUninstall(t *testing.T) {
 	for _, obj := range []string{"service/herald-dispatcher", "serviceaccount/herald-dispatcher", "persistentvolumeclaim/herald-dispatcher"} {
 		kubectl(t, nil, "get", obj, "-n", releaseNamespace)
 	}
-	kubectl(t, nil, "get", "clusterrole/herald-dispatcher", "clusterrolebinding/herald-dispatcher")
 
 	// Upgrade with a changed value: the manager's Deployment gets the new
 	// flag, and the manager restarted with it re-renders the dispatcher.
@@ -64,18 +77,23 @@ func TestChartInstallUpgradeUninstall(t *testing.T) {
 	g.Expect(helm(t, "history", releaseName, "--namespace", releaseNamespace)).To(ContainSubstring("Upgrade complete"))
 	g.Expect(manager.Stop(20 * time.Second)).To(Succeed())
 
-	// Uninstall: everything the release created is gone except the CRDs
-	// (crds.keep). The dispatcher objects are the manager's, not the
+	// Uninstall: everything the release created, the dispatcher's RBAC
+	// included, is gone except the CRDs (crds.keep). The dispatcher's
+	// ServiceAccount, Service, PVC and Deployment are the manager's, not the
 	// release's: they stay, as with `kubectl delete -k config/default`,
 	// and the README says how to remove them (the PVC holds undelivered
 	// events).
 	helm(t, "uninstall", releaseName, "--namespace", releaseNamespace, "--wait")
 	for _, gone := range []string{"deployment/herald-manager", "serviceaccount/herald-manager", "service/herald-manager-metrics",
-		"networkpolicy/herald-allow-metrics-traffic", "role/herald-leader-election"} {
+		"networkpolicy/herald-allow-metrics-traffic", "role/herald-leader-election", "role/herald-dispatcher",
+		"rolebinding/herald-dispatcher"} {
 		_, err := kubectlErr(nil, "get", gone, "-n", releaseNamespace)
 		g.Expect(err).To(MatchError(ContainSubstring("NotFound")), "%s is left after uninstall", gone)
 	}
+	_, err = kubectlErr(nil, "get", "rolebinding/herald-dispatcher-auth-reader", "-n", "kube-system")
+	g.Expect(err).To(MatchError(ContainSubstring("NotFound")), "the kube-system RoleBinding is left after uninstall")
 	for _, gone := range []string{"clusterrole/herald-manager", "clusterrolebinding/herald-manager", "clusterrole/herald-editor",
+		"clusterrole/herald-dispatcher", "clusterrolebinding/herald-dispatcher", "clusterrolebinding/herald-dispatcher-auth-delegator",
 		"validatingadmissionpolicy/herald-webhookendpoint-secret-references"} {
 		_, err := kubectlErr(nil, "get", gone)
 		g.Expect(err).To(MatchError(ContainSubstring("NotFound")), "%s is left after uninstall", gone)

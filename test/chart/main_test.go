@@ -188,6 +188,19 @@ func objects(t *testing.T, manifests string) []*unstructured.Unstructured {
 	}
 }
 
+// findNamespaced returns the object of that kind, namespace and name, or
+// fails; namespace is empty for a cluster-scoped object.
+func findNamespaced(t *testing.T, objs []*unstructured.Unstructured, kind, namespace, name string) *unstructured.Unstructured {
+	t.Helper()
+	for _, o := range objs {
+		if o.GetKind() == kind && o.GetNamespace() == namespace && o.GetName() == name {
+			return o
+		}
+	}
+	t.Fatalf("no %s %s/%s rendered", kind, namespace, name)
+	return nil
+}
+
 // find returns the object of that kind and name, or fails.
 func find(t *testing.T, objs []*unstructured.Unstructured, kind, name string) *unstructured.Unstructured {
 	t.Helper()

@@ -30,7 +30,14 @@ func TestChartLint(t *testing.T) {
 // install or put a secret into values.
 func TestChartValuesSchema(t *testing.T) {
 	for _, tc := range []struct{ set, want string }{
-		{"dispatcher.nats.url=nats://user:pass@nats:4222", "additional properties 'url' not allowed"},
+		// Credentials go into Secrets, never into values or the URL.
+		{"dispatcher.nats.url=nats://user:pass@nats:4222", "/dispatcher/nats/url"},
+		{"dispatcher.nats.urlSecret.name=herald-nats", "additional properties 'urlSecret' not allowed"},
+		{"dispatcher.nats.credentialsSecret=herald-nats-user", "/dispatcher/nats/credentialsSecret"},
+		{"dispatcher.nats.url=nats://nats:4222,dispatcher.nats.credentialsSecret=a,dispatcher.nats.nkeySecret=b",
+			"/dispatcher/nats/nkeySecret"},
+		{"dispatcher.networkPolicy.enabled=true", "/dispatcher/networkPolicy/cidrs"},
+		{"dispatcher.ingest.namespaceBurst=-1", "/dispatcher/ingest/namespaceBurst"},
 		{"dispatcher.logLevel=verbose", "/dispatcher/logLevel"},
 		{"dispatcher.ports.ingest=80", "/dispatcher/ports/ingest"},
 		{"image.digest=latest", "/image/digest"},
@@ -56,8 +63,8 @@ func TestChartDefaults(t *testing.T) {
 		g.Expect(o.GetLabels()).To(HaveKeyWithValue("app.kubernetes.io/managed-by", "Helm"), "%s %s", o.GetKind(), o.GetName())
 	}
 	g.Expect(kinds).To(Equal(map[string]int{
-		"CustomResourceDefinition": 2, "ServiceAccount": 1, "ClusterRole": 6, "ClusterRoleBinding": 2,
-		"Role": 1, "RoleBinding": 1, "Deployment": 1, "Service": 1, "NetworkPolicy": 1,
+		"CustomResourceDefinition": 2, "ServiceAccount": 1, "ClusterRole": 7, "ClusterRoleBinding": 4,
+		"Role": 3, "RoleBinding": 4, "Deployment": 1, "Service": 1, "NetworkPolicy": 1,
 		"ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1,
 	}), "optional pieces (PDB, monitoring) are off by default")
 
@@ -70,7 +77,7 @@ func TestChartDefaults(t *testing.T) {
 	g.Expect(pod["serviceAccountName"]).To(Equal("herald-manager"))
 	c := container(t, dep)
 	g.Expect(c["image"]).To(Equal("ghcr.io/herald-dev/herald:latest"))
-	g.Expect(c).NotTo(HaveKey("env"), "no external NATS by default")
+	g.Expect(managerArgs(t, dep)).NotTo(HaveKey("dispatcher-nats-url"), "embedded JetStream by default")
 }
 
 func TestChartAllFeatures(t *testing.T) {
@@ -91,25 +98,34 @@ func TestChartAllFeatures(t *testing.T) {
 	c := container(t, dep)
 	g.Expect(c["image"]).To(Equal("ghcr.io/herald-dev/herald@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"))
 	g.Expect(c["envFrom"]).To(HaveLen(1))
+	g.Expect(c["env"]).To(HaveLen(1))
 	args := managerArgs(t, dep)
 	for flag, want := range map[string]string{
-		"dispatcher-nats-url":            "$(HERALD_DISPATCHER_NATS_URL)",
-		"dispatcher-replicas":            "3",
-		"dispatcher-allowed-cidrs":       "10.0.0.0/8,fd00::/8",
-		"dispatcher-node-selector":       `{"pool":"webhooks"}`,
-		"dispatcher-priority-class-name": "webhooks-high",
-		"dispatcher-image":               "ghcr.io/herald-dev/herald@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-		"dispatcher-memory-limit":        "1Gi",
-		"metrics-bind-address":           ":9443",
-		"zap-log-level":                  "debug",
+		"dispatcher-nats-url":                "tls://nats-0.nats.nats:4222,tls://nats-1.nats.nats:4222",
+		"dispatcher-nats-credentials-secret": "herald-nats-user",
+		"dispatcher-nats-tls-secret":         "herald-nats-client-tls",
+		"dispatcher-replicas":                "3",
+		"dispatcher-allowed-cidrs":           "10.0.0.0/8,fd00::/8",
+		"dispatcher-cluster-cidrs":           "100.64.0.0/10",
+		"dispatcher-network-policy":          "true",
+		"dispatcher-network-policy-cidrs":    "172.20.0.1/32,10.10.0.0/24",
+		// A fractional rate stays fractional; whole numbers are integers.
+		"dispatcher-ingest-namespace-rate":          "2.5",
+		"dispatcher-ingest-namespace-burst":         "20",
+		"dispatcher-ingest-namespace-max-in-flight": "16",
+		"dispatcher-ingest-max-connections":         "2048",
+		"dispatcher-token-review-rate":              "100",
+		"dispatcher-node-selector":                  `{"pool":"webhooks"}`,
+		"dispatcher-priority-class-name":            "webhooks-high",
+		"dispatcher-image":                          "ghcr.io/herald-dev/herald@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+		"dispatcher-memory-limit":                   "1Gi",
+		"metrics-bind-address":                      ":9443",
+		"zap-log-level":                             "debug",
 	} {
 		g.Expect(args).To(HaveKeyWithValue(flag, want))
 	}
 	g.Expect(args["dispatcher-tolerations"]).To(ContainSubstring(`"value":"webhooks"`))
 	g.Expect(args["dispatcher-affinity"]).To(ContainSubstring(`"nodeAffinity"`))
-	// The NATS URL comes from the Secret; values never hold it.
-	g.Expect(c["env"]).To(ContainElement(HaveKeyWithValue("valueFrom",
-		HaveKeyWithValue("secretKeyRef", map[string]any{"name": "herald-nats", "key": "url"}))))
 
 	for _, crd := range []string{"webhookendpoints.herald.dev", "subscriptions.herald.dev"} {
 		g.Expect(find(t, objs, "CustomResourceDefinition", crd).GetAnnotations()).NotTo(
@@ -124,6 +140,40 @@ func TestChartAllFeatures(t *testing.T) {
 	np := find(t, objs, "NetworkPolicy", "herald-allow-metrics-traffic")
 	g.Expect(np.Object).To(HaveKeyWithValue("spec", HaveKeyWithValue("ingress",
 		ContainElement(HaveKeyWithValue("ports", ContainElement(HaveKeyWithValue("port", BeNumerically("==", 9443))))))))
+}
+
+// TestChartDispatcherRBACNamespaces: the dispatcher's Role and bindings
+// follow the dispatcher's namespace (the release namespace unless
+// dispatcher.namespace says otherwise), where the manager creates its
+// ServiceAccount; the binding to the API server's authentication
+// ConfigMap reader stays in kube-system, where that Role is.
+func TestChartDispatcherRBACNamespaces(t *testing.T) {
+	for _, tc := range []struct {
+		name, dispatcherNamespace string
+		args                      []string
+	}{
+		{"release namespace", "webhooks", []string{"--namespace", "webhooks"}},
+		{"dispatcher.namespace", "webhooks-data", []string{"--namespace", "webhooks", "--set", "dispatcher.namespace=webhooks-data"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewWithT(t)
+			objs := objects(t, render(t, tc.args...))
+			wantSubject := ConsistOf(map[string]any{"kind": "ServiceAccount", "name": "herald-dispatcher", "namespace": tc.dispatcherNamespace})
+
+			findNamespaced(t, objs, "Role", tc.dispatcherNamespace, "herald-dispatcher")
+			for _, b := range []struct{ kind, namespace, name string }{
+				{"RoleBinding", tc.dispatcherNamespace, "herald-dispatcher"},
+				{"ClusterRoleBinding", "", "herald-dispatcher"},
+				{"ClusterRoleBinding", "", "herald-dispatcher-auth-delegator"},
+				{"RoleBinding", "kube-system", "herald-dispatcher-auth-reader"},
+			} {
+				binding := findNamespaced(t, objs, b.kind, b.namespace, b.name)
+				g.Expect(binding.Object["subjects"]).To(wantSubject, "%s %s", b.kind, b.name)
+			}
+			// The manager's Role for the dispatcher's objects.
+			findNamespaced(t, objs, "Role", tc.dispatcherNamespace, "herald-manager")
+		})
+	}
 }
 
 func TestChartWithoutCRDs(t *testing.T) {
@@ -146,8 +196,10 @@ func TestChartAcceptedByAPIServer(t *testing.T) {
 	for name, values := range map[string][]string{"defaults": defaultValues, "all features": allFeaturesValues} {
 		t.Run(name, func(t *testing.T) {
 			rendered := render(t, append([]string{"--namespace", "chart-dry-run"}, values...)...)
+			// No -n: every namespaced object carries its namespace, and one
+			// (the delivery API's auth-reader RoleBinding) is in kube-system.
 			out := kubectl(t, strings.NewReader(rendered), "apply", "--server-side", "--dry-run=server",
-				"--field-manager=chart-test", "-n", "chart-dry-run", "-f", "-")
+				"--field-manager=chart-test", "-f", "-")
 			if strings.Contains(out, "Warning") {
 				t.Errorf("warnings: %s", out)
 			}

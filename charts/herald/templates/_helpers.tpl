@@ -54,8 +54,63 @@ app.kubernetes.io/component: manager
 {{- default .Release.Namespace .Values.dispatcher.namespace }}
 {{- end }}
 
-{{/* Environment variable the manager reads the external NATS URL from. */}}
-{{- define "herald.natsURLEnv" -}}HERALD_DISPATCHER_NATS_URL{{- end }}
+{{/*
+The dispatcher's ServiceAccount. The manager creates it in the dispatcher's
+namespace under this fixed name (heraldv1alpha1.DispatcherName), whatever
+the release is called; the chart binds the dispatcher's roles to it.
+*/}}
+{{- define "herald.dispatcherServiceAccount" -}}herald-dispatcher{{- end }}
+
+{{/*
+herald.generatedRBAC renders a copy of a role.yaml that controller-gen
+generates from kubebuilder markers (files/rbac, kept in step by make
+manifests) for this release: each ClusterRole with a ClusterRoleBinding,
+each Role, placed in the dispatcher's namespace (the generated file says
+herald-system), with a RoleBinding, all bound to one ServiceAccount.
+Parameters: root (the chart's context), file, serviceAccount and
+serviceAccountNamespace.
+*/}}
+{{- define "herald.generatedRBAC" -}}
+{{- $root := .root }}
+{{- $serviceAccount := .serviceAccount }}
+{{- $serviceAccountNamespace := .serviceAccountNamespace }}
+{{- range $doc := $root.Files.Get .file | splitList "\n---" }}
+{{- $role := fromYaml $doc }}
+{{- if and $role $role.kind }}
+{{- $name := include "herald.prefixed" (dict "root" $root "name" $role.metadata.name) }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: {{ $role.kind }}
+metadata:
+  name: {{ $name }}
+  {{- if eq $role.kind "Role" }}
+  namespace: {{ include "herald.dispatcherNamespace" $root }}
+  {{- end }}
+  labels:
+    {{- include "herald.labels" $root | nindent 4 }}
+rules:
+  {{- toYaml $role.rules | nindent 2 }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: {{ $role.kind }}Binding
+metadata:
+  name: {{ $name }}
+  {{- if eq $role.kind "Role" }}
+  namespace: {{ include "herald.dispatcherNamespace" $root }}
+  {{- end }}
+  labels:
+    {{- include "herald.labels" $root | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: {{ $role.kind }}
+  name: {{ $name }}
+subjects:
+- kind: ServiceAccount
+  name: {{ $serviceAccount }}
+  namespace: {{ $serviceAccountNamespace }}
+{{- end }}
+{{- end }}
+{{- end }}
 
 {{/*
 herald.managerFlags maps every manager flag to its value, as JSON. To add a
@@ -83,11 +138,22 @@ defaults match config/default.
 {{- $_ := set $f "dispatcher-namespace" (include "herald.dispatcherNamespace" .) -}}
 {{- $_ := set $f "dispatcher-image" (default (include "herald.image" .) $d.image) -}}
 {{- $_ := set $f "dispatcher-replicas" $d.replicas -}}
-{{- $_ := set $f "dispatcher-nats-url" (ternary (printf "$(%s)" (include "herald.natsURLEnv" .)) "" (ne $d.nats.urlSecret.name "")) -}}
+{{- $_ := set $f "dispatcher-nats-url" $d.nats.url -}}
+{{- $_ := set $f "dispatcher-nats-credentials-secret" $d.nats.credentialsSecret -}}
+{{- $_ := set $f "dispatcher-nats-nkey-secret" $d.nats.nkeySecret -}}
+{{- $_ := set $f "dispatcher-nats-tls-secret" $d.nats.tlsSecret -}}
 {{- $_ := set $f "dispatcher-storage-size" $d.storage.size -}}
 {{- $_ := set $f "dispatcher-storage-class" $d.storage.className -}}
 {{- $_ := set $f "dispatcher-store-path" $d.storePath -}}
 {{- $_ := set $f "dispatcher-allowed-cidrs" (join "," $d.allowedCIDRs) -}}
+{{- $_ := set $f "dispatcher-cluster-cidrs" (join "," $d.clusterCIDRs) -}}
+{{- $_ := set $f "dispatcher-network-policy" $d.networkPolicy.enabled -}}
+{{- $_ := set $f "dispatcher-network-policy-cidrs" (join "," $d.networkPolicy.cidrs) -}}
+{{- $_ := set $f "dispatcher-ingest-namespace-rate" $d.ingest.namespaceRate -}}
+{{- $_ := set $f "dispatcher-ingest-namespace-burst" $d.ingest.namespaceBurst -}}
+{{- $_ := set $f "dispatcher-ingest-namespace-max-in-flight" $d.ingest.namespaceMaxInFlight -}}
+{{- $_ := set $f "dispatcher-ingest-max-connections" $d.ingest.maxConnections -}}
+{{- $_ := set $f "dispatcher-token-review-rate" $d.ingest.tokenReviewRate -}}
 {{- $_ := set $f "dispatcher-audience" $d.audience -}}
 {{- $_ := set $f "dispatcher-log-level" $d.logLevel -}}
 {{- $_ := set $f "dispatcher-cpu-request" (dig "requests" "cpu" "" $d.resources) -}}
@@ -104,11 +170,19 @@ defaults match config/default.
 {{- toJson $f -}}
 {{- end }}
 
-{{/* herald.managerArgs renders herald.managerFlags as container args, sorted by flag. */}}
+{{/*
+herald.managerArgs renders herald.managerFlags as container args, sorted by
+flag. Numbers arrive as float64: whole ones are printed as integers (not
+1e+06, which an int flag refuses), others as they are (a rate of 2.5).
+*/}}
 {{- define "herald.managerArgs" -}}
 {{- range $flag, $value := include "herald.managerFlags" . | fromJson }}
 {{- if or (kindIs "bool" $value) (ne (toString $value) "") }}
-- {{ printf "--%s=%s" $flag (kindIs "float64" $value | ternary (int64 $value | toString) (toString $value)) | toJson }}
+{{- $text := toString $value }}
+{{- if and (kindIs "float64" $value) (eq (float64 (int64 $value)) $value) }}
+{{- $text = int64 $value | toString }}
+{{- end }}
+- {{ printf "--%s=%s" $flag $text | toJson }}
 {{- end }}
 {{- end }}
 {{- end }}
