@@ -59,8 +59,10 @@ const (
 	DefaultDispatcherIngestPort    = 8080
 	DefaultDispatcherMetricsPort   = 8443
 	DefaultDispatcherHealthPort    = 8081
-	DefaultDispatcherStorePath     = "/var/lib/herald/jetstream"
-	DefaultDispatcherTLSIssuer     = TLSIssuerManager
+	// DefaultDispatcherDeliveryAPIPort serves the aggregated delivery API.
+	DefaultDispatcherDeliveryAPIPort = 8444
+	DefaultDispatcherStorePath       = "/var/lib/herald/jetstream"
+	DefaultDispatcherTLSIssuer       = TLSIssuerManager
 )
 
 // Who issues the dispatcher's ingest certificate (--dispatcher-tls-issuer).
@@ -99,6 +101,9 @@ const (
 	// ingestPortName(cfg): "https", or "http" with IngestInsecureHTTP.
 	metricsPortName = "https-metrics"
 	healthPortName  = "health"
+	// deliveryAPIPortName is the port of the aggregated delivery API; the
+	// Service exposes it on 443, where APIServices point by default.
+	deliveryAPIPortName = "delivery-api"
 
 	// Volume names.
 	tmpVolumeName   = "tmp"
@@ -200,6 +205,10 @@ type DispatcherConfig struct {
 	MetricsPort int
 	// HealthPort serves /healthz and /readyz.
 	HealthPort int
+	// DeliveryAPIPort serves the delivery log as the aggregated API
+	// delivery.herald.dev, with the ingest certificate (not served when
+	// ingest is plain HTTP: there is no certificate then).
+	DeliveryAPIPort int
 	// StorePath is where the embedded JetStream server keeps its file store.
 	StorePath string
 
@@ -240,21 +249,22 @@ type DispatcherConfig struct {
 // DefaultDispatcherConfig returns the configuration the flags default to.
 func DefaultDispatcherConfig() DispatcherConfig {
 	return DispatcherConfig{
-		Namespace:     DefaultDispatcherNamespace,
-		Image:         DefaultDispatcherImage,
-		Replicas:      DefaultDispatcherReplicas,
-		StorageSize:   DefaultDispatcherStorageSize,
-		Audience:      heraldv1alpha1.DefaultAudience,
-		LogLevel:      DefaultDispatcherLogLevel,
-		CPURequest:    DefaultDispatcherCPURequest,
-		MemoryRequest: DefaultDispatcherMemoryRequest,
-		CPULimit:      DefaultDispatcherCPULimit,
-		MemoryLimit:   DefaultDispatcherMemoryLimit,
-		IngestPort:    DefaultDispatcherIngestPort,
-		MetricsPort:   DefaultDispatcherMetricsPort,
-		HealthPort:    DefaultDispatcherHealthPort,
-		StorePath:     DefaultDispatcherStorePath,
-		TLSIssuer:     DefaultDispatcherTLSIssuer,
+		Namespace:       DefaultDispatcherNamespace,
+		Image:           DefaultDispatcherImage,
+		Replicas:        DefaultDispatcherReplicas,
+		StorageSize:     DefaultDispatcherStorageSize,
+		Audience:        heraldv1alpha1.DefaultAudience,
+		LogLevel:        DefaultDispatcherLogLevel,
+		CPURequest:      DefaultDispatcherCPURequest,
+		MemoryRequest:   DefaultDispatcherMemoryRequest,
+		CPULimit:        DefaultDispatcherCPULimit,
+		MemoryLimit:     DefaultDispatcherMemoryLimit,
+		IngestPort:      DefaultDispatcherIngestPort,
+		MetricsPort:     DefaultDispatcherMetricsPort,
+		HealthPort:      DefaultDispatcherHealthPort,
+		DeliveryAPIPort: DefaultDispatcherDeliveryAPIPort,
+		StorePath:       DefaultDispatcherStorePath,
+		TLSIssuer:       DefaultDispatcherTLSIssuer,
 	}
 }
 
@@ -310,6 +320,8 @@ func (c *DispatcherConfig) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.IngestPort, "dispatcher-ingest-port", d.IngestPort, "Port of the dispatcher's CloudEvents ingest API.")
 	fs.IntVar(&c.MetricsPort, "dispatcher-metrics-port", d.MetricsPort, "Port of the dispatcher's HTTPS metrics endpoint.")
 	fs.IntVar(&c.HealthPort, "dispatcher-health-port", d.HealthPort, "Port of the dispatcher's /healthz and /readyz.")
+	fs.IntVar(&c.DeliveryAPIPort, "dispatcher-delivery-api-port", d.DeliveryAPIPort,
+		"Port of the dispatcher's delivery API (the aggregated API delivery.herald.dev; the Service exposes it on 443).")
 	fs.StringVar(&c.StorePath, "dispatcher-store-path", d.StorePath,
 		"Directory of the embedded JetStream file store inside the dispatcher container.")
 	fs.BoolVar(&c.IngestInsecureHTTP, "dispatcher-ingest-insecure-http", d.IngestInsecureHTTP,
@@ -559,6 +571,7 @@ func (c DispatcherConfig) validatePorts(errs *flagErrors) {
 		{"dispatcher-ingest-port", c.IngestPort},
 		{"dispatcher-metrics-port", c.MetricsPort},
 		{"dispatcher-health-port", c.HealthPort},
+		{"dispatcher-delivery-api-port", c.DeliveryAPIPort},
 	} {
 		// The dispatcher runs as non-root with every capability dropped, so
 		// it cannot bind privileged ports.
@@ -777,8 +790,8 @@ func DispatcherServiceAccount(cfg DispatcherConfig) *corev1.ServiceAccount {
 	}
 }
 
-// DispatcherService exposes ingest (https, or http with IngestInsecureHTTP)
-// and metrics (https-metrics).
+// DispatcherService exposes ingest (https, or http with IngestInsecureHTTP),
+// metrics (https-metrics) and the delivery API (443, for the APIService).
 func DispatcherService(cfg DispatcherConfig) *corev1.Service {
 	return &corev1.Service{
 		TypeMeta:   metav1.TypeMeta{APIVersion: corev1.SchemeGroupVersion.String(), Kind: "Service"},
@@ -799,6 +812,12 @@ func DispatcherService(cfg DispatcherConfig) *corev1.Service {
 					Name:       metricsPortName,
 					Port:       int32(cfg.MetricsPort),
 					TargetPort: intstr.FromString(metricsPortName),
+					Protocol:   corev1.ProtocolTCP,
+				},
+				{
+					Name:       deliveryAPIPortName,
+					Port:       DeliveryAPIServicePort,
+					TargetPort: intstr.FromString(deliveryAPIPortName),
 					Protocol:   corev1.ProtocolTCP,
 				},
 			},
@@ -929,11 +948,15 @@ func dispatcherArgs(cfg DispatcherConfig) []string {
 		}
 	}
 	if cfg.IngestInsecureHTTP {
-		args = append(args, "--ingest-insecure-http")
+		args = append(args, "--ingest-insecure-http", "--delivery-api-addr=0")
 	} else {
-		args = append(args,
-			"--ingest-tls-cert-file="+path.Join(ingestTLSPath, corev1.TLSCertKey),
-			"--ingest-tls-key-file="+path.Join(ingestTLSPath, corev1.TLSPrivateKeyKey))
+		cert, key := path.Join(ingestTLSPath, corev1.TLSCertKey), path.Join(ingestTLSPath, corev1.TLSPrivateKeyKey)
+		// The delivery API serves with the same certificate: it is for the
+		// Service's names, which the aggregator checks, and the APIService
+		// trusts the CA that signed it.
+		args = append(args, "--ingest-tls-cert-file="+cert, "--ingest-tls-key-file="+key,
+			fmt.Sprintf("--delivery-api-addr=:%d", cfg.DeliveryAPIPort),
+			"--delivery-api-tls-cert-file="+cert, "--delivery-api-tls-key-file="+key)
 	}
 	args = append(args, "--audience="+cfg.Audience)
 	if len(cfg.AllowedCIDRs) > 0 {
@@ -1066,6 +1089,7 @@ func DispatcherDeployment(cfg DispatcherConfig) *appsv1.Deployment {
 			{Name: ingestPortName(cfg), ContainerPort: int32(cfg.IngestPort), Protocol: corev1.ProtocolTCP},
 			{Name: metricsPortName, ContainerPort: int32(cfg.MetricsPort), Protocol: corev1.ProtocolTCP},
 			{Name: healthPortName, ContainerPort: int32(cfg.HealthPort), Protocol: corev1.ProtocolTCP},
+			{Name: deliveryAPIPortName, ContainerPort: int32(cfg.DeliveryAPIPort), Protocol: corev1.ProtocolTCP},
 		},
 		Resources: dispatcherResources(cfg),
 		// Recovering a large JetStream store can take minutes: the startup

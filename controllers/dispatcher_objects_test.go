@@ -322,10 +322,11 @@ func TestDispatcherDeploymentContainer(t *testing.T) {
 	if c.Resources.Requests.Cpu().String() != "100m" || c.Resources.Limits.Memory().String() != "512Mi" {
 		t.Errorf("resources: want the defaults, got %+v", c.Resources)
 	}
-	// Every Service port must select a container port by name.
+	// Every Service port must select a container port by name, on the same
+	// number but for the delivery API's, which the APIService reaches on 443.
 	for _, sp := range DispatcherService(cfg).Spec.Ports {
 		if !slices.ContainsFunc(c.Ports, func(p corev1.ContainerPort) bool {
-			return p.Name == sp.TargetPort.StrVal && p.ContainerPort == sp.Port
+			return p.Name == sp.TargetPort.StrVal && (p.ContainerPort == sp.Port || p.Name == deliveryAPIPortName)
 		}) {
 			t.Errorf("service port %s targets %q, which is no container port", sp.Name, sp.TargetPort.String())
 		}
@@ -337,7 +338,7 @@ func TestDispatcherDeploymentContainer(t *testing.T) {
 
 func TestDispatcherService(t *testing.T) {
 	svc := DispatcherService(DefaultDispatcherConfig())
-	want := map[string]int32{"https": 8080, "https-metrics": 8443}
+	want := map[string]int32{"https": 8080, "https-metrics": 8443, "delivery-api": 443}
 	if len(svc.Spec.Ports) != len(want) {
 		t.Fatalf("ports: want %v, got %+v", want, svc.Spec.Ports)
 	}
@@ -560,7 +561,8 @@ func TestDispatcherNATSSecrets(t *testing.T) {
 
 			gotVolumes := map[string][]string{}
 			for _, v := range d.Spec.Template.Spec.Volumes {
-				if v.Secret == nil {
+				// The NATS Secrets; the ingest certificate has its own test.
+				if v.Secret == nil || !strings.HasPrefix(v.Name, "nats-") {
 					continue
 				}
 				if v.Secret.DefaultMode == nil || *v.Secret.DefaultMode != 0o440 {

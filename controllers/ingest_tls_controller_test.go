@@ -9,6 +9,8 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	apiregistrationv1 "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1"
 	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -193,4 +195,61 @@ func TestCABundlePublishedToNamespacesWithHeraldObjects(t *testing.T) {
 
 	g.Expect(k8sClient.Delete(ctx, cm)).To(Succeed())
 	published(withEndpoint)
+}
+
+// TestDeliveryAPIServiceRegistered: the APIService of the delivery API
+// points at the dispatcher Service's port 443 and trusts the manager's CA,
+// so the aggregator verifies the dispatcher's certificate; an edit is
+// undone on the next reconcile.
+func TestDeliveryAPIServiceRegistered(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	cfg := DefaultDispatcherConfig()
+	cfg.Namespace = ns
+	certs := &IngestCertificateReconciler{Client: k8sClient, APIReader: k8sClient, Config: cfg}
+	_, err := certs.Reconcile(ctx, certs.request())
+	g.Expect(err).NotTo(HaveOccurred())
+	r := &DeliveryAPIReconciler{Bundle: &CABundleReconciler{Client: k8sClient, APIReader: k8sClient, Config: cfg}, Client: k8sClient, Config: cfg}
+	res, err := r.Reconcile(ctx, r.request())
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(res.RequeueAfter).To(Equal(deliveryAPIRecheck))
+	t.Cleanup(func() {
+		_ = k8sClient.Delete(ctx, &apiregistrationv1.APIService{ObjectMeta: metav1.ObjectMeta{Name: DeliveryAPIServiceName}})
+	})
+
+	ca := &corev1.Secret{}
+	g.Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: heraldv1.CASecretName}, ca)).To(Succeed())
+	check := func() {
+		got := &apiregistrationv1.APIService{}
+		g.Expect(k8sClient.Get(ctx, client.ObjectKey{Name: "v1alpha1.delivery.herald.dev"}, got)).To(Succeed())
+		g.Expect(got.Spec.Group).To(Equal("delivery.herald.dev"))
+		g.Expect(got.Spec.Version).To(Equal("v1alpha1"))
+		g.Expect(got.Spec.Service).NotTo(BeNil())
+		g.Expect(got.Spec.Service.Namespace).To(Equal(ns))
+		g.Expect(got.Spec.Service.Name).To(Equal(heraldv1.DispatcherName))
+		g.Expect(*got.Spec.Service.Port).To(BeEquivalentTo(443))
+		g.Expect(string(got.Spec.CABundle)).To(Equal(string(ca.Data[pki.CABundleKey])))
+	}
+	check()
+
+	edited := &apiregistrationv1.APIService{}
+	g.Expect(k8sClient.Get(ctx, client.ObjectKey{Name: DeliveryAPIServiceName}, edited)).To(Succeed())
+	otherPort := int32(8443)
+	edited.Spec.Service.Port = &otherPort
+	edited.Spec.CABundle = []byte("not the CA")
+	g.Expect(k8sClient.Update(ctx, edited)).To(Succeed())
+	_, err = r.Reconcile(ctx, r.request())
+	g.Expect(err).NotTo(HaveOccurred())
+	check()
+
+	// The Service and the Deployment carry the port the APIService uses.
+	svc := DispatcherService(cfg)
+	g.Expect(svc.Spec.Ports).To(ContainElement(HaveField("Name", "delivery-api")))
+	dep := DispatcherDeployment(cfg)
+	args := dep.Spec.Template.Spec.Containers[0].Args
+	g.Expect(args).To(ContainElements("--delivery-api-addr=:8444",
+		"--delivery-api-tls-cert-file=/etc/herald/ingest-tls/tls.crt", "--delivery-api-tls-key-file=/etc/herald/ingest-tls/tls.key"))
+	cfg.IngestInsecureHTTP = true
+	g.Expect(DispatcherDeployment(cfg).Spec.Template.Spec.Containers[0].Args).To(ContainElement("--delivery-api-addr=0"))
 }

@@ -331,10 +331,14 @@ func TestDispatcherRBAC(t *testing.T) {
 		{"herald.dev", "subscriptions/status", []string{"patch"}},
 		{"authentication.k8s.io", "tokenreviews", []string{"create"}},
 		{"authorization.k8s.io", "subjectaccessreviews", []string{"create"}},
-		// No Events (it reports through status), no Leases outside its
-		// namespace, nothing else.
+		// Redeliveries: read, and their status.
+		{"herald.dev", "redeliveries", []string{"get", "list", "watch"}},
+		{"herald.dev", "redeliveries/status", []string{"patch"}},
+		// Events only for a ping's outcome, through events.k8s.io; no core
+		// Events (it reports delivery health through status), no Leases
+		// outside its namespace, nothing else.
 		{"", "events", nil},
-		{"events.k8s.io", "events", nil},
+		{"events.k8s.io", "events", []string{"create", "patch"}},
 		{"coordination.k8s.io", "leases", nil},
 		{"", "configmaps", nil},
 		{"", "pods", nil},

@@ -124,7 +124,7 @@ func main() {
 		}
 	}
 
-	if err := setupIngestTLS(mgr, dispatcherCfg); err != nil {
+	if err := setupIngestTLS(mgr, dispatcherCfg, runDispatcher); err != nil {
 		log.Error(err, "Unable to set up the ingest TLS controllers")
 		os.Exit(1)
 	}
@@ -149,7 +149,7 @@ func main() {
 // dispatcher runs elsewhere (--manage-dispatcher=false): the manager issues
 // the certificate (unless an external issuer does) and publishes the CA
 // bundle to the namespaces with Herald objects.
-func setupIngestTLS(mgr ctrl.Manager, cfg controllers.DispatcherConfig) error {
+func setupIngestTLS(mgr ctrl.Manager, cfg controllers.DispatcherConfig, registerDeliveryAPI bool) error {
 	if cfg.IngestInsecureHTTP {
 		return nil
 	}
@@ -162,12 +162,22 @@ func setupIngestTLS(mgr ctrl.Manager, cfg controllers.DispatcherConfig) error {
 			return fmt.Errorf("ingest certificate controller: %w", err)
 		}
 	}
-	if err := (&controllers.CABundleReconciler{
+	bundle := &controllers.CABundleReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
 		Config:    cfg,
-	}).SetupWithManager(mgr); err != nil {
+	}
+	if err := bundle.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("CA bundle controller: %w", err)
+	}
+	// The delivery API's APIService points at the dispatcher Service the
+	// manager keeps; a dispatcher run elsewhere registers its own.
+	if registerDeliveryAPI {
+		if err := (&controllers.DeliveryAPIReconciler{
+			Bundle: bundle, Client: mgr.GetClient(), Config: cfg,
+		}).SetupWithManager(mgr); err != nil {
+			return fmt.Errorf("delivery API controller: %w", err)
+		}
 	}
 	return nil
 }
