@@ -11,6 +11,7 @@ RUN go mod download
 COPY api/ api/
 COPY controllers/ controllers/
 COPY dispatcher/ dispatcher/
+COPY internal/ internal/
 COPY cmd/ cmd/
 
 ENV CGO_ENABLED=0 GOOS=${TARGETOS:-linux} GOARCH=${TARGETARCH}

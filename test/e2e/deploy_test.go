@@ -70,6 +70,9 @@ func TestDispatcherObjectsAcceptedByAPIServer(t *testing.T) {
 		t.Run(mode.name, func(t *testing.T) {
 			g := NewWithT(t)
 			cfg := controllers.DefaultDispatcherConfig()
+			// Not herald-system: the harness's local dispatcher has its
+			// (ExternalName) Service there, for the delivery API.
+			cfg.Namespace = "e2e-dispatcher-objects"
 			cfg.NATSURL = mode.natsURL
 			cfg.Replicas = 3
 			g.Expect(cfg.Validate()).To(Succeed())
