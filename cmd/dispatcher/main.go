@@ -192,17 +192,8 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	if err := tuneGC(o); err != nil {
+	if err := o.validate(); err != nil {
 		return err
-	}
-	if err := o.limits.validate(); err != nil {
-		return err
-	}
-	if o.natsURL == "" && o.storeDir == "" {
-		return errors.New("set --store-dir (embedded JetStream) or --nats-url (external NATS)")
-	}
-	if o.natsURL == "" && !o.natsAuth.IsZero() {
-		return errors.New("--nats-creds-file, --nats-nkey-seed-file and --nats-tls-* are for an external NATS: set --nats-url")
 	}
 	if o.podName == "" {
 		o.podName, _ = os.Hostname()
@@ -252,30 +243,13 @@ func run(ctx context.Context, o options) error {
 		bucketReplicas = o.streamReplicas
 	}
 
-	var (
-		deliveryLog *deliverylog.Log
-		recorder    delivery.Recorder
-	)
-	if o.deliveryLog {
-		if deliveryLog, err = openDeliveryLog(ctx, o, q, bucketReplicas, log.WithName("deliverylog")); err != nil {
-			return err
-		}
+	deliveryLog, err := setupDeliveryLog(ctx, o, q, mgr, bucketReplicas, log.WithName("deliverylog"))
+	if err != nil {
+		return err
+	}
+	var recorder delivery.Recorder
+	if deliveryLog != nil {
 		recorder = deliveryLog
-		if o.deliveryAPIAddr != "0" {
-			api, err := deliveryapi.New(deliveryapi.Options{
-				Addr:       o.deliveryAPIAddr,
-				CertFile:   o.deliveryAPICertFile,
-				KeyFile:    o.deliveryAPIKeyFile,
-				CertDir:    filepath.Join(os.TempDir(), "herald-delivery-api"),
-				Kubeconfig: kubeconfigPath(),
-			}, deliveryLog)
-			if err != nil {
-				return err
-			}
-			if err := mgr.Add(manager.RunnableFunc(api.Run)); err != nil {
-				return err
-			}
-		}
 	}
 
 	cat := catalog.New(mgr.GetCache(), log.WithName("catalog"))
@@ -375,6 +349,36 @@ func run(ctx context.Context, o options) error {
 	if err := mgr.Add(p); err != nil {
 		return err
 	}
+	if err := addProbes(mgr, cat, q); err != nil {
+		return err
+	}
+
+	log.Info("Starting dispatcher", "mode", modeOf(o), "ingest", o.ingestAddr, "ingestHTTPS", certs != nil,
+		"allowedCIDRs", o.allowedCIDRs, "clusterCIDRs", o.clusterCIDRs, "insecureIngest", o.insecureIngest)
+	return mgr.Start(ctx)
+}
+
+// validate checks the flags that need no cluster, and applies the
+// garbage-collector settings.
+func (o options) validate() error {
+	if err := tuneGC(o); err != nil {
+		return err
+	}
+	if err := o.limits.validate(); err != nil {
+		return err
+	}
+	if o.natsURL == "" && o.storeDir == "" {
+		return errors.New("set --store-dir (embedded JetStream) or --nats-url (external NATS)")
+	}
+	if o.natsURL == "" && !o.natsAuth.IsZero() {
+		return errors.New("--nats-creds-file, --nats-nkey-seed-file and --nats-tls-* are for an external NATS: set --nats-url")
+	}
+	return nil
+}
+
+// addProbes adds /healthz and /readyz: ready once the catalog synced and
+// while NATS is connected.
+func addProbes(mgr manager.Manager, cat *catalog.Catalog, q *queue.Queue) error {
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err
 	}
@@ -394,10 +398,7 @@ func run(ctx context.Context, o options) error {
 	}); err != nil {
 		return err
 	}
-
-	log.Info("Starting dispatcher", "mode", modeOf(o), "ingest", o.ingestAddr, "ingestHTTPS", certs != nil,
-		"allowedCIDRs", o.allowedCIDRs, "clusterCIDRs", o.clusterCIDRs, "insecureIngest", o.insecureIngest)
-	return mgr.Start(ctx)
+	return nil
 }
 
 // kubeconfigPath is the kubeconfig file ctrl.GetConfig reads, if any: the
@@ -407,6 +408,36 @@ func kubeconfigPath() string {
 		return f.Value.String()
 	}
 	return os.Getenv("KUBECONFIG")
+}
+
+// setupDeliveryLog opens the delivery log and adds the delivery API to mgr,
+// as the --delivery-log and --delivery-api-* flags say; nil when the log
+// is off.
+func setupDeliveryLog(ctx context.Context, o options, q *queue.Queue, mgr manager.Manager, replicas int, log logr.Logger) (*deliverylog.Log, error) {
+	if !o.deliveryLog {
+		return nil, nil
+	}
+	deliveryLog, err := openDeliveryLog(ctx, o, q, replicas, log)
+	if err != nil {
+		return nil, err
+	}
+	if o.deliveryAPIAddr == "0" {
+		return deliveryLog, nil
+	}
+	api, err := deliveryapi.New(deliveryapi.Options{
+		Addr:       o.deliveryAPIAddr,
+		CertFile:   o.deliveryAPICertFile,
+		KeyFile:    o.deliveryAPIKeyFile,
+		CertDir:    filepath.Join(os.TempDir(), "herald-delivery-api"),
+		Kubeconfig: kubeconfigPath(),
+	}, deliveryLog)
+	if err != nil {
+		return nil, err
+	}
+	if err := mgr.Add(manager.RunnableFunc(api.Run)); err != nil {
+		return nil, err
+	}
+	return deliveryLog, nil
 }
 
 // openDeliveryLog opens the delivery log with the --delivery-log-* flags.
