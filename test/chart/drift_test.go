@@ -38,11 +38,7 @@ var exclusiveFlags = map[string][]string{
 // manager flags. It also fails when the manager binary has a flag the chart
 // cannot set.
 func TestChartMatchesKustomize(t *testing.T) {
-	kustomized, err := run(context.Background(), nil, filepath.Join(assetsDir, "kubectl"), "kustomize", filepath.Join(root, "config", "default"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fromKustomize := objects(t, kustomized)
+	fromKustomize := objects(t, kustomize(t))
 	fromChart := objects(t, render(t))
 
 	t.Run("CRDs", func(t *testing.T) { compareCRDs(t, fromKustomize, fromChart) })
@@ -82,6 +78,90 @@ func TestChartMatchesKustomize(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestChartCertManagerMatchesComponent: with dispatcher.tls.certManager.enabled
+// the chart renders what config/components/cert-manager adds to
+// config/default: the same cert-manager objects (beyond the chart's labels)
+// and the same change to the manager's flags.
+func TestChartCertManagerMatchesComponent(t *testing.T) {
+	withComponent := objects(t, kustomize(t, "components/cert-manager"))
+	withValue := objects(t, render(t, "--set", "dispatcher.tls.certManager.enabled=true"))
+
+	certManagerObjects := func(objs []*unstructured.Unstructured) map[string]map[string]any {
+		m := map[string]map[string]any{}
+		for _, o := range objs {
+			if strings.HasPrefix(o.GetAPIVersion(), "cert-manager.io/") {
+				o = o.DeepCopy()
+				o.SetLabels(nil)
+				m[fmt.Sprintf("%s %s/%s", o.GetKind(), o.GetNamespace(), o.GetName())] = o.Object
+			}
+		}
+		return m
+	}
+	fromComponent := certManagerObjects(withComponent)
+	if len(fromComponent) == 0 {
+		t.Fatal("config/components/cert-manager renders no cert-manager.io objects")
+	}
+	compareByKey(t, "config/components/cert-manager", fromComponent, certManagerObjects(withValue))
+
+	managerOf := func(objs []*unstructured.Unstructured) map[string]string {
+		return managerArgs(t, find(t, objs, "Deployment", "herald-manager"))
+	}
+	componentChange := changedFlags(managerOf(objects(t, kustomize(t))), managerOf(withComponent))
+	valueChange := changedFlags(managerOf(objects(t, render(t))), managerOf(withValue))
+	if !reflect.DeepEqual(componentChange, valueChange) {
+		t.Errorf("the component changes the manager's flags by %v, the chart's value by %v", componentChange, valueChange)
+	}
+}
+
+// changedFlags returns the flags whose value differs from before to after,
+// with their new value ("" when after leaves the flag out).
+func changedFlags(before, after map[string]string) map[string]string {
+	changed := map[string]string{}
+	for flag, value := range after {
+		if old, ok := before[flag]; !ok || old != value {
+			changed[flag] = value
+		}
+	}
+	for flag := range before {
+		if _, ok := after[flag]; !ok {
+			changed[flag] = ""
+		}
+	}
+	return changed
+}
+
+// kustomize renders config/default as `kubectl apply -k` would, with the
+// given directories of config/ added as components by an overlay, as the
+// README's overlays add them.
+func kustomize(t *testing.T, components ...string) string {
+	t.Helper()
+	dir := filepath.Join(root, "config", "default")
+	if len(components) > 0 {
+		overlay := t.TempDir()
+		rel := func(configDir string) string {
+			p, err := filepath.Rel(overlay, filepath.Join(root, "config", configDir))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}
+		relComponents := make([]string, len(components))
+		for i, c := range components {
+			relComponents[i] = rel(c)
+		}
+		kustomization := fmt.Sprintf("resources: [%s]\ncomponents: [%s]\n", rel("default"), strings.Join(relComponents, ", "))
+		if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(kustomization), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		dir = overlay
+	}
+	out, err := run(context.Background(), nil, filepath.Join(assetsDir, "kubectl"), "kustomize", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // compareCRDs: the chart's copies are the bytes of config/crd/bases, and
@@ -159,19 +239,25 @@ func compareRBAC(t *testing.T, fromKustomize, fromChart []*unstructured.Unstruct
 		}
 		return m
 	}
-	k, c := index(fromKustomize), index(fromChart)
-	for _, key := range sortedKeys(k) {
-		got, ok := c[key]
+	compareByKey(t, "config/default", index(fromKustomize), index(fromChart))
+}
+
+// compareByKey fails on every key that only one side has and on every
+// value that differs; source names the kustomize side in the messages.
+func compareByKey(t *testing.T, source string, fromKustomize, fromChart map[string]map[string]any) {
+	t.Helper()
+	for _, key := range sortedKeys(fromKustomize) {
+		got, ok := fromChart[key]
 		switch {
 		case !ok:
-			t.Errorf("%s is in config/default but the chart does not render it", key)
-		case !reflect.DeepEqual(k[key], got):
-			t.Errorf("%s differs between config/default and the chart:\n%s", key, yamlDiff(t, k[key], got))
+			t.Errorf("%s is in %s but the chart does not render it", key, source)
+		case !reflect.DeepEqual(fromKustomize[key], got):
+			t.Errorf("%s differs between %s and the chart:\n%s", key, source, yamlDiff(t, fromKustomize[key], got))
 		}
 	}
-	for _, key := range sortedKeys(c) {
-		if _, ok := k[key]; !ok {
-			t.Errorf("%s is rendered by the chart but is not in config/default", key)
+	for _, key := range sortedKeys(fromChart) {
+		if _, ok := fromKustomize[key]; !ok {
+			t.Errorf("%s is rendered by the chart but is not in %s", key, source)
 		}
 	}
 }

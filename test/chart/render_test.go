@@ -41,6 +41,11 @@ func TestChartValuesSchema(t *testing.T) {
 		{"dispatcher.logLevel=verbose", "/dispatcher/logLevel"},
 		{"dispatcher.ports.ingest=80", "/dispatcher/ports/ingest"},
 		{"image.digest=latest", "/image/digest"},
+		{"dispatcher.ports.deliveryAPI=443", "/dispatcher/ports/deliveryAPI"},
+		// Plain HTTP has no certificate for cert-manager to issue.
+		{"dispatcher.ingest.insecureHTTP=true,dispatcher.tls.certManager.enabled=true", "/dispatcher/tls/certManager/enabled"},
+		{"dispatcher.tls.certManager.enabled=true,dispatcher.tls.issuer=manager", "/dispatcher/tls/issuer"},
+		{"dispatcher.tls.extraHosts={herald_dispatcher}", "/dispatcher/tls/extraHosts/0"},
 		{"manager.replica=2", "additional properties 'replica' not allowed"},
 	} {
 		t.Run(tc.set, func(t *testing.T) {
@@ -63,12 +68,12 @@ func TestChartDefaults(t *testing.T) {
 		g.Expect(o.GetLabels()).To(HaveKeyWithValue("app.kubernetes.io/managed-by", "Helm"), "%s %s", o.GetKind(), o.GetName())
 	}
 	g.Expect(kinds).To(Equal(map[string]int{
-		"CustomResourceDefinition": 2, "ServiceAccount": 1, "ClusterRole": 7, "ClusterRoleBinding": 4,
+		"CustomResourceDefinition": 3, "ServiceAccount": 1, "ClusterRole": 7, "ClusterRoleBinding": 4,
 		"Role": 3, "RoleBinding": 4, "Deployment": 1, "Service": 1, "NetworkPolicy": 1,
 		"ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1,
-	}), "optional pieces (PDB, monitoring) are off by default")
+	}), "optional pieces (PDB, monitoring, cert-manager) are off by default")
 
-	for _, crd := range []string{"webhookendpoints.herald.dev", "subscriptions.herald.dev"} {
+	for _, crd := range heraldCRDs {
 		g.Expect(find(t, objs, "CustomResourceDefinition", crd).GetAnnotations()).To(
 			HaveKeyWithValue("helm.sh/resource-policy", "keep"), "crds.keep defaults to true")
 	}
@@ -120,6 +125,9 @@ func TestChartAllFeatures(t *testing.T) {
 		"dispatcher-image":                          "ghcr.io/herald-dev/herald@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
 		"dispatcher-memory-limit":                   "1Gi",
 		"metrics-bind-address":                      ":9443",
+		"dispatcher-delivery-api-port":              "9445",
+		"dispatcher-tls-issuer":                     "external",
+		"dispatcher-tls-extra-hosts":                "events.example.com,10.96.0.50,fd00::50",
 		"zap-log-level":                             "debug",
 	} {
 		g.Expect(args).To(HaveKeyWithValue(flag, want))
@@ -127,11 +135,22 @@ func TestChartAllFeatures(t *testing.T) {
 	g.Expect(args["dispatcher-tolerations"]).To(ContainSubstring(`"value":"webhooks"`))
 	g.Expect(args["dispatcher-affinity"]).To(ContainSubstring(`"nodeAffinity"`))
 
-	for _, crd := range []string{"webhookendpoints.herald.dev", "subscriptions.herald.dev"} {
+	for _, crd := range heraldCRDs {
 		g.Expect(find(t, objs, "CustomResourceDefinition", crd).GetAnnotations()).NotTo(
 			HaveKey("helm.sh/resource-policy"), "crds.keep=false")
 	}
 	find(t, objs, "PodDisruptionBudget", "herald-manager")
+	// cert-manager issues the ingest certificate, with the extra hosts split
+	// into DNS names and IP addresses as the manager splits them.
+	find(t, objs, "Issuer", "herald-selfsigned")
+	find(t, objs, "Issuer", "herald-ca")
+	find(t, objs, "Certificate", "herald-ca")
+	cert := findNamespaced(t, objs, "Certificate", releaseNamespace, "herald-dispatcher-tls")
+	g.Expect(cert.Object).To(HaveKeyWithValue("spec", And(
+		HaveKeyWithValue("secretName", "herald-dispatcher-tls"),
+		HaveKeyWithValue("dnsNames", ContainElements("herald-dispatcher.herald-system.svc", "events.example.com")),
+		HaveKeyWithValue("ipAddresses", ConsistOf("10.96.0.50", "fd00::50")),
+	)))
 	find(t, objs, "ServiceMonitor", "herald-manager")
 	find(t, objs, "ServiceMonitor", "herald-dispatcher")
 	find(t, objs, "PrometheusRule", "herald")
@@ -176,6 +195,31 @@ func TestChartDispatcherRBACNamespaces(t *testing.T) {
 	}
 }
 
+// TestChartCertManagerNamespace: the cert-manager objects follow the
+// dispatcher's namespace, where the manager mounts the Secret from, and the
+// certificate names the dispatcher Service there.
+func TestChartCertManagerNamespace(t *testing.T) {
+	g := NewWithT(t)
+	objs := objects(t, render(t, "--set", "dispatcher.namespace=webhooks-data,dispatcher.tls.certManager.enabled=true"))
+	for _, o := range objs {
+		if strings.HasPrefix(o.GetAPIVersion(), "cert-manager.io/") {
+			g.Expect(o.GetNamespace()).To(Equal("webhooks-data"), "%s %s", o.GetKind(), o.GetName())
+		}
+	}
+	cert := findNamespaced(t, objs, "Certificate", "webhooks-data", "herald-dispatcher-tls")
+	dnsNames, _, _ := unstructured.NestedStringSlice(cert.Object, "spec", "dnsNames")
+	g.Expect(dnsNames).To(ContainElement("herald-dispatcher.webhooks-data.svc"))
+}
+
+// TestChartIngestInsecureHTTP: plain HTTP ingest reaches the manager's flag.
+// all-features-values.yaml cannot set it: it excludes cert-manager.
+func TestChartIngestInsecureHTTP(t *testing.T) {
+	args := managerArgs(t, find(t, objects(t, render(t, "--set", "dispatcher.ingest.insecureHTTP=true")), "Deployment", "herald-manager"))
+	if got := args["dispatcher-ingest-insecure-http"]; got != "true" {
+		t.Errorf("--dispatcher-ingest-insecure-http=%q, want true", got)
+	}
+}
+
 func TestChartWithoutCRDs(t *testing.T) {
 	for _, o := range objects(t, render(t, "--set", "crds.enabled=false")) {
 		if o.GetKind() == "CustomResourceDefinition" {
@@ -186,12 +230,14 @@ func TestChartWithoutCRDs(t *testing.T) {
 
 // TestChartAcceptedByAPIServer has the local API server validate every
 // object the chart renders (server-side dry run), with defaults and with
-// every feature on. The Prometheus Operator's CRDs are not available here:
-// stand-ins that accept any spec let the monitoring objects through the dry
-// run, so their contents are checked by TestAlertRules (promtool) and
+// every feature on. The Prometheus Operator's and cert-manager's CRDs are
+// not available here: stand-ins that accept any spec let the monitoring and
+// cert-manager objects through the dry run, so their contents are checked
+// by TestAlertRules (promtool), TestChartCertManagerMatchesComponent and
 // TestChartAllFeatures, not by the API server.
 func TestChartAcceptedByAPIServer(t *testing.T) {
 	kubectl(t, strings.NewReader(monitoringCRDStandIns), "apply", "--server-side", "-f", "-")
+	kubectl(t, strings.NewReader(certManagerCRDStandIns), "apply", "--server-side", "-f", "-")
 	kubectl(t, nil, "create", "namespace", "chart-dry-run")
 	for name, values := range map[string][]string{"defaults": defaultValues, "all features": allFeaturesValues} {
 		t.Run(name, func(t *testing.T) {
@@ -212,17 +258,27 @@ func TestChartAcceptedByAPIServer(t *testing.T) {
 	}
 }
 
-// monitoringCRDStandIns stand in for the Prometheus Operator CRDs, which
-// this machine cannot download: same names and scope, any spec.
-var monitoringCRDStandIns = func() string {
+// heraldCRDs are the CRDs the chart installs.
+var heraldCRDs = []string{"webhookendpoints.herald.dev", "subscriptions.herald.dev", "redeliveries.herald.dev"}
+
+// Stand-ins for the Prometheus Operator's and cert-manager's CRDs, which
+// this machine cannot download.
+var (
+	monitoringCRDStandIns  = crdStandIns("monitoring.coreos.com", "ServiceMonitor", "PrometheusRule")
+	certManagerCRDStandIns = crdStandIns("cert-manager.io", "Issuer", "Certificate")
+)
+
+// crdStandIns returns namespaced CRDs of the group with the kinds' names
+// that accept any spec.
+func crdStandIns(group string, kinds ...string) string {
 	var docs []string
-	for _, kind := range []string{"ServiceMonitor", "PrometheusRule"} {
+	for _, kind := range kinds {
 		lower := strings.ToLower(kind)
 		docs = append(docs, fmt.Sprintf(`apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
-metadata: {name: %[2]ss.monitoring.coreos.com}
+metadata: {name: %[2]ss.%[3]s}
 spec:
-  group: monitoring.coreos.com
+  group: %[3]s
   names: {kind: %[1]s, listKind: %[1]sList, plural: %[2]ss, singular: %[2]s}
   scope: Namespaced
   versions:
@@ -230,10 +286,10 @@ spec:
     served: true
     storage: true
     schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
-`, kind, lower))
+`, kind, lower, group))
 	}
 	return strings.Join(docs, "---\n")
-}()
+}
 
 func container(t *testing.T, dep *unstructured.Unstructured) map[string]any {
 	t.Helper()

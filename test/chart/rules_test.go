@@ -2,7 +2,6 @@ package chart
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -100,23 +99,7 @@ func writeYAML(t *testing.T, path string, v any) {
 // component, as the README's overlay does, and has the API server dry-run
 // the monitoring objects (against stand-in Prometheus Operator CRDs).
 func TestMonitoringComponent(t *testing.T) {
-	overlay := t.TempDir()
-	rel := func(dir string) string {
-		p, err := filepath.Rel(overlay, filepath.Join(root, "config", dir))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	kustomization := fmt.Sprintf("resources: [%s]\ncomponents: [%s]\n", rel("default"), rel("monitoring"))
-	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(kustomization), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	rendered, err := run(context.Background(), nil, filepath.Join(assetsDir, "kubectl"), "kustomize",
-		"--load-restrictor=LoadRestrictionsNone", overlay)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rendered := kustomize(t, "monitoring")
 	var monitoring []string
 	for _, o := range objects(t, rendered) {
 		switch o.GetKind() {

@@ -154,6 +154,9 @@ defaults match config/default.
 {{- $_ := set $f "dispatcher-ingest-namespace-max-in-flight" $d.ingest.namespaceMaxInFlight -}}
 {{- $_ := set $f "dispatcher-ingest-max-connections" $d.ingest.maxConnections -}}
 {{- $_ := set $f "dispatcher-token-review-rate" $d.ingest.tokenReviewRate -}}
+{{- $_ := set $f "dispatcher-ingest-insecure-http" $d.ingest.insecureHTTP -}}
+{{- $_ := set $f "dispatcher-tls-issuer" (ternary "external" $d.tls.issuer $d.tls.certManager.enabled) -}}
+{{- $_ := set $f "dispatcher-tls-extra-hosts" (join "," $d.tls.extraHosts) -}}
 {{- $_ := set $f "dispatcher-audience" $d.audience -}}
 {{- $_ := set $f "dispatcher-log-level" $d.logLevel -}}
 {{- $_ := set $f "dispatcher-cpu-request" (dig "requests" "cpu" "" $d.resources) -}}
@@ -163,6 +166,7 @@ defaults match config/default.
 {{- $_ := set $f "dispatcher-ingest-port" $d.ports.ingest -}}
 {{- $_ := set $f "dispatcher-metrics-port" $d.ports.metrics -}}
 {{- $_ := set $f "dispatcher-health-port" $d.ports.health -}}
+{{- $_ := set $f "dispatcher-delivery-api-port" $d.ports.deliveryAPI -}}
 {{- $_ := set $f "dispatcher-node-selector" (ternary (toJson $d.nodeSelector) "" (not (empty $d.nodeSelector))) -}}
 {{- $_ := set $f "dispatcher-tolerations" (ternary (toJson $d.tolerations) "" (not (empty $d.tolerations))) -}}
 {{- $_ := set $f "dispatcher-affinity" (ternary (toJson $d.affinity) "" (not (empty $d.affinity))) -}}
