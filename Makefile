@@ -22,6 +22,10 @@ KUBECTL ?= $(ENVTEST_ASSETS)/kubectl
 
 IMG ?= ghcr.io/herald-dev/herald:latest
 CONTAINER_TOOL ?= docker
+# Platforms of the multi-arch image (docker-buildx).
+PLATFORMS ?= linux/amd64,linux/arm64
+# What the binaries' --version prints.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO_TEST_FLAGS ?= -race -count=1 -timeout=30m
 
 SHELL = /usr/bin/env bash -o pipefail
@@ -72,7 +76,7 @@ lint: golangci-lint ## Run the pinned golangci-lint.
 	$(GOLANGCI_LINT) run ./...
 
 .PHONY: envtest
-envtest: ## Build etcd, kube-apiserver and kubectl into bin/k8s (once; about 6 minutes cold).
+envtest: ## Put etcd, kube-apiserver and kubectl into bin/k8s, once: the checksum-pinned setup-envtest download, else a source build (about 6 minutes).
 	@ENVTEST_ASSETS_DIR=$(ENVTEST_ASSETS) hack/envtest.sh
 
 .PHONY: test
@@ -98,8 +102,8 @@ soak: envtest ## Chaos soak for SOAK_DURATION (10m): random kills, restarts, edi
 ##@ Build
 
 .PHONY: build
-build: ## Build the manager, the dispatcher and the kubectl-herald plugin into bin/.
-	CGO_ENABLED=0 go build -trimpath -o $(LOCALBIN)/ ./cmd/manager ./cmd/dispatcher ./cmd/kubectl-herald
+build: ## Build the manager, the dispatcher and the kubectl-herald plugin into bin/, stamped with VERSION (git describe).
+	CGO_ENABLED=0 go build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(LOCALBIN)/ ./cmd/manager ./cmd/dispatcher ./cmd/kubectl-herald
 
 .PHONY: run
 run: manifests generate ## Run the manager against the cluster in ~/.kube/config (or the KUBECONFIG file).
@@ -110,8 +114,17 @@ install: ## Install the CRDs into the cluster in ~/.kube/config.
 	$(KUBECTL) apply --server-side -f config/crd/bases
 
 .PHONY: docker-build
-docker-build: ## Build the container image (needs a Docker engine).
-	$(CONTAINER_TOOL) build -t $(IMG) .
+docker-build: ## Build the container image for this machine's platform (needs a Docker engine).
+	$(CONTAINER_TOOL) build --build-arg VERSION=$(VERSION) -t $(IMG) .
+
+# A multi-platform build needs a BuildKit builder of the docker-container
+# driver; it is created once and kept, with its cache, as herald-builder.
+.PHONY: docker-buildx
+docker-buildx: ## Build the image for PLATFORMS (linux/amd64,linux/arm64) and push it to IMG (needs Docker with buildx).
+	$(CONTAINER_TOOL) buildx inspect herald-builder >/dev/null 2>&1 || \
+		$(CONTAINER_TOOL) buildx create --name herald-builder --driver docker-container
+	$(CONTAINER_TOOL) buildx build --builder herald-builder --platform $(PLATFORMS) \
+		--build-arg VERSION=$(VERSION) --tag $(IMG) --push .
 
 ##@ Tools
 

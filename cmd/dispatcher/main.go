@@ -48,7 +48,8 @@ import (
 	"github.com/herald-dev/herald/dispatcher/router"
 )
 
-// version is set at build time with -ldflags "-X main.version=…".
+// version is set at build time with -ldflags "-X main.version=…" (the
+// Makefile and the Dockerfile stamp `git describe`).
 var version = "dev"
 
 type options struct {
@@ -88,6 +89,7 @@ type options struct {
 
 func main() {
 	var o options
+	showVersion := flag.Bool("version", false, "Print the version and exit.")
 	flag.StringVar(&o.ingestAddr, "ingest-addr", ":8080", "Address of the CloudEvents ingest endpoint (POST /v1/namespaces/{namespace}/events).")
 	flag.StringVar(&o.metricsAddr, "metrics-addr", ":8443", "Address of the metrics endpoint (\"0\" disables it).")
 	flag.BoolVar(&o.metricsSecure, "metrics-secure", true, "Serve metrics over HTTPS behind Kubernetes authentication and authorization.")
@@ -126,6 +128,10 @@ func main() {
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
+	if *showVersion {
+		fmt.Println(version)
+		return
+	}
 	level, err := zapcore.ParseLevel(o.logLevel)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "--log-level: %v\n", err)
@@ -353,7 +359,7 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 
-	log.Info("Starting dispatcher", "mode", modeOf(o), "ingest", o.ingestAddr, "ingestHTTPS", certs != nil,
+	log.Info("Starting dispatcher", "version", version, "mode", modeOf(o), "ingest", o.ingestAddr, "ingestHTTPS", certs != nil,
 		"allowedCIDRs", o.allowedCIDRs, "clusterCIDRs", o.clusterCIDRs, "insecureIngest", o.insecureIngest)
 	return mgr.Start(ctx)
 }

@@ -25,8 +25,13 @@ import (
 	"github.com/herald-dev/herald/controllers"
 )
 
+// version is set at build time with -ldflags "-X main.version=…" (the
+// Makefile and the Dockerfile stamp `git describe`).
+var version = "dev"
+
 func main() {
 	var (
+		showVersion          bool
 		metricsAddr          string
 		probeAddr            string
 		secureMetrics        bool
@@ -36,6 +41,7 @@ func main() {
 	)
 	dispatcherCfg := controllers.DefaultDispatcherConfig()
 
+	flag.BoolVar(&showVersion, "version", false, "Print the version and exit.")
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443", "Address of the metrics endpoint (\"0\" disables it).")
 	flag.BoolVar(&secureMetrics, "metrics-secure", true, "Serve metrics over HTTPS behind Kubernetes authentication and authorization.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz probes.")
@@ -46,6 +52,10 @@ func main() {
 	opts := zap.Options{Development: false}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
+	if showVersion {
+		fmt.Println(version)
+		return
+	}
 
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
 	log := ctrl.Log.WithName("setup")
@@ -138,7 +148,7 @@ func main() {
 		os.Exit(1)
 	}
 
-	log.Info("Starting manager")
+	log.Info("Starting manager", "version", version)
 	if err := mgr.Start(ctx); err != nil {
 		log.Error(err, "Manager exited with an error")
 		os.Exit(1)

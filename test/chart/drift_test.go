@@ -23,6 +23,7 @@ import (
 // chartOnlyFlags are manager flags the chart deliberately leaves out.
 var chartOnlyFlags = map[string]string{
 	"kubeconfig": "in a cluster the manager uses its ServiceAccount",
+	"version":    "prints the version and exits",
 }
 
 // exclusiveFlags are manager flags that all-features-values.yaml cannot set

@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"context"
 	"debug/elf"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -160,19 +162,26 @@ func TestCertManagerComponentIssuesTheSecretTheDispatcherMounts(t *testing.T) {
 }
 
 // TestDockerfileBuildsStaticBinaries runs the Go build the Dockerfile runs,
-// on a copy of exactly what the Dockerfile copies into its build stage, and
-// checks both binaries are static (distroless/static has no libc). No
-// Docker engine is needed.
+// on a copy of exactly what the Dockerfile copies into its build stage, for
+// each platform of the multi-arch image, as BuildKit runs it (the builder
+// stage on the build machine's platform, TARGETOS and TARGETARCH set, the
+// VERSION build argument), and checks both binaries are static
+// (distroless/static has no libc), for the target's architecture, and print
+// the stamped version. No Docker engine is needed: cross-compiling is what
+// the image build does too.
 func TestDockerfileBuildsStaticBinaries(t *testing.T) {
 	g := NewWithT(t)
 	dockerfile, err := os.ReadFile(filepath.Join(herald.Root, "Dockerfile"))
 	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(string(dockerfile)).To(ContainSubstring("FROM --platform=$BUILDPLATFORM golang:"), "the build stage cross-compiles instead of running emulated")
 	g.Expect(string(dockerfile)).To(ContainSubstring("FROM gcr.io/distroless/static:nonroot"))
 	g.Expect(string(dockerfile)).To(ContainSubstring("USER 65532:65532"))
 
-	// Reproduce the build stage's context: only the COPY'd paths.
+	// Reproduce the build stage's context (only the COPY'd paths), its ENV
+	// and its go build.
 	ctxDir := t.TempDir()
 	var build string
+	var stageEnv []string
 	sc := bufio.NewScanner(strings.NewReader(strings.ReplaceAll(string(dockerfile), "\\\n", " ")))
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
@@ -183,28 +192,84 @@ func TestDockerfileBuildsStaticBinaries(t *testing.T) {
 				g.Expect(err).NotTo(HaveOccurred(), string(out))
 			}
 		}
-		if strings.HasPrefix(line, "RUN go build") {
+		if strings.HasPrefix(line, "ENV ") {
+			stageEnv = append(stageEnv, strings.Fields(strings.TrimPrefix(line, "ENV "))...)
+		}
+		if strings.HasPrefix(line, "RUN ") && strings.Contains(line, "go build") {
 			build = strings.TrimPrefix(line, "RUN ")
 		}
 	}
 	g.Expect(build).To(ContainSubstring("./cmd/manager"))
 	g.Expect(build).To(ContainSubstring("./cmd/dispatcher"))
+	g.Expect(build).To(ContainSubstring("-trimpath"))
+	g.Expect(stageEnv).To(ContainElement("CGO_ENABLED=0"))
 
-	// RUN runs its command with /bin/sh -c, with the stage's ENV.
-	outDir := t.TempDir()
-	cmd := exec.Command("/bin/sh", "-c", strings.ReplaceAll(build, "/out/", outDir+"/"))
-	cmd.Dir = ctxDir
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
-	out, err := cmd.CombinedOutput()
-	g.Expect(err).NotTo(HaveOccurred(), "%s: %s", build, out)
-	for _, bin := range []string{"manager", "dispatcher"} {
-		f, err := elf.Open(filepath.Join(outDir, bin))
-		g.Expect(err).NotTo(HaveOccurred())
-		for _, p := range f.Progs {
-			g.Expect(p.Type).NotTo(Equal(elf.PT_INTERP), "%s must be static", bin)
-		}
-		_ = f.Close()
+	const version = "v0.0.0-dockerfile-test"
+	for _, platform := range []struct {
+		arch    string
+		machine elf.Machine
+	}{
+		{"amd64", elf.EM_X86_64},
+		{"arm64", elf.EM_AARCH64},
+	} {
+		t.Run(platform.arch, func(t *testing.T) {
+			g := NewWithT(t)
+			// RUN runs its command with /bin/sh -c, with the stage's ENV and
+			// its ARGs (BuildKit's platform arguments, --build-arg VERSION) as
+			// environment variables.
+			outDir := t.TempDir()
+			cmd := exec.Command("/bin/sh", "-c", strings.ReplaceAll(build, "/out/", outDir+"/"))
+			cmd.Dir = ctxDir
+			cmd.Env = append(append(os.Environ(), stageEnv...),
+				"TARGETOS=linux", "TARGETARCH="+platform.arch, "VERSION="+version)
+			out, err := cmd.CombinedOutput()
+			g.Expect(err).NotTo(HaveOccurred(), "%s: %s", build, out)
+			for _, bin := range []string{"manager", "dispatcher"} {
+				path := filepath.Join(outDir, bin)
+				f, err := elf.Open(path)
+				g.Expect(err).NotTo(HaveOccurred())
+				g.Expect(f.Machine).To(Equal(platform.machine), "%s for %s", bin, platform.arch)
+				for _, p := range f.Progs {
+					g.Expect(p.Type).NotTo(Equal(elf.PT_INTERP), "%s must be static", bin)
+				}
+				_ = f.Close()
+				if runtime.GOOS == "linux" && runtime.GOARCH == platform.arch {
+					g.Expect(versionOf(t, path)).To(Equal(version), bin)
+				}
+			}
+		})
 	}
+}
+
+// TestMakeBuildStampsVersion runs `make build` as a developer does and checks
+// both binaries print the version it stamps.
+func TestMakeBuildStampsVersion(t *testing.T) {
+	g := NewWithT(t)
+	const version = "v0.0.0-make-build-test"
+	dir := t.TempDir()
+	cmd := exec.Command("make", "build", "LOCALBIN="+dir, "VERSION="+version)
+	cmd.Dir = herald.Root
+	out, err := cmd.CombinedOutput()
+	g.Expect(err).NotTo(HaveOccurred(), string(out))
+	for _, bin := range []string{"manager", "dispatcher"} {
+		g.Expect(versionOf(t, filepath.Join(dir, bin))).To(Equal(version), bin)
+	}
+}
+
+// versionOf runs bin --version, which must print the version and exit 0
+// without touching a cluster or opening a port.
+func versionOf(t *testing.T, bin string) string {
+	t.Helper()
+	cmd := exec.Command(bin, "--version")
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+filepath.Join(t.TempDir(), "no-such-kubeconfig"))
+	out, err := cmd.Output()
+	if exitErr := (*exec.ExitError)(nil); errors.As(err, &exitErr) {
+		t.Fatalf("%s --version: %v: %s", bin, err, exitErr.Stderr)
+	}
+	if err != nil {
+		t.Fatalf("%s --version: %v", bin, err)
+	}
+	return strings.TrimSpace(string(out))
 }
 
 // TestDispatcherAcceptsTheManagersArguments runs the real dispatcher binary

@@ -213,10 +213,13 @@ func (e *Env) PublisherToken(ctx context.Context, namespace, serviceAccount stri
 // Binaries are the paths of the built manager and dispatcher.
 type Binaries struct{ Manager, Dispatcher string }
 
-// Build compiles the manager and the dispatcher into dir.
+// Build compiles the manager and the dispatcher into dir, static and with
+// -trimpath as the image and `make build` do: the tests run what ships, and
+// those builds reuse this one's compiled packages.
 func Build(ctx context.Context, root, dir string) (Binaries, error) {
 	b := Binaries{Manager: filepath.Join(dir, "manager"), Dispatcher: filepath.Join(dir, "dispatcher")}
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+string(os.PathSeparator), "./cmd/manager", "./cmd/dispatcher")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", dir+string(os.PathSeparator), "./cmd/manager", "./cmd/dispatcher")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return b, fmt.Errorf("go build: %w: %s", err, out)
