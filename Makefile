@@ -90,8 +90,8 @@ test-chart: envtest helm promtool ## Run only the Helm chart and monitoring-kit 
 STRESS_RUNS ?= 5
 
 .PHONY: test-stress
-test-stress: envtest ## Run all tests STRESS_RUNS times (default 5); report how often each failed (JSON in bin/test-stress/).
-	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) STRESS_RUNS=$(STRESS_RUNS) GO_TEST_FLAGS="$(GO_TEST_FLAGS)" hack/test-stress.sh
+test-stress: envtest helm promtool ## Run all tests STRESS_RUNS times (default 5); report how often each failed (JSON in bin/test-stress/).
+	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) HELM=$(HELM) PROMTOOL=$(PROMTOOL) STRESS_RUNS=$(STRESS_RUNS) GO_TEST_FLAGS="$(GO_TEST_FLAGS)" hack/test-stress.sh
 
 SOAK_DURATION ?= 10m
 
