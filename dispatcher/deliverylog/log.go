@@ -73,9 +73,9 @@ type Log struct {
 	metrics *metrics
 }
 
-// Open creates or updates the log's stream on the queue's JetStream and
-// returns the log. It retries while JetStream is still starting, until ctx
-// ends.
+// Open creates or updates the log's stream on the queue's JetStream
+// (queue.EnsureStream, which retries while JetStream is still starting)
+// and returns the log.
 func Open(ctx context.Context, q *queue.Queue, cfg Config, reg prometheus.Registerer, log logr.Logger) (*Log, error) {
 	cfg = cfg.withDefaults()
 	sc := jetstream.StreamConfig{
@@ -93,28 +93,9 @@ func Open(ctx context.Context, q *queue.Queue, cfg Config, reg prometheus.Regist
 		// window to keep.
 		Duplicates: 0,
 	}
-	var stream jetstream.Stream
-	backoff := 50 * time.Millisecond
-	for {
-		attemptCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		var err error
-		stream, err = q.JetStream().CreateOrUpdateStream(attemptCtx, sc)
-		cancel()
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("create the delivery log stream %s: %w", Stream, errors.Join(ctx.Err(), err))
-		}
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && apiErr.Code >= 400 && apiErr.Code < 500 && apiErr.Code != 408 {
-			return nil, fmt.Errorf("create the delivery log stream %s: %w", Stream, err)
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, time.Second)
+	stream, err := q.EnsureStream(ctx, sc)
+	if err != nil {
+		return nil, fmt.Errorf("delivery log: %w", err)
 	}
 	return &Log{nc: q.Conn(), stream: stream, cfg: cfg, log: log, metrics: newMetrics(reg)}, nil
 }

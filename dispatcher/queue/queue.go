@@ -292,26 +292,37 @@ func (q *Queue) streamConfigs() []jetstream.StreamConfig {
 }
 
 // ensureStreams creates the streams or updates them to the current
-// configuration. It retries while the server or cluster is still starting
-// (no JetStream responders, no stream leader yet) until ctx ends.
+// configuration.
 func (q *Queue) ensureStreams(ctx context.Context) error {
 	handles := []*jetstream.Stream{&q.events, &q.deliveries, &q.deadLetter}
 	for i, sc := range q.streamConfigs() {
-		var stream jetstream.Stream
-		err := retryTransient(ctx, q.cfg.PublishTimeout, func(attemptCtx context.Context) error {
-			var err error
-			stream, err = q.js.CreateOrUpdateStream(attemptCtx, sc)
-			if err != nil {
-				q.log.V(1).Info("Stream not ready yet", "stream", sc.Name, "error", err.Error())
-			}
-			return err
-		})
+		stream, err := q.EnsureStream(ctx, sc)
 		if err != nil {
-			return fmt.Errorf("create or update stream %s: %w", sc.Name, err)
+			return err
 		}
 		*handles[i] = stream
 	}
 	return nil
+}
+
+// EnsureStream creates the stream sc or updates it to sc, on the queue's
+// JetStream. It retries while the server or cluster is still starting (no
+// JetStream responders, no stream leader yet) until ctx ends. Stages with
+// a stream of their own (the delivery log) use it too.
+func (q *Queue) EnsureStream(ctx context.Context, sc jetstream.StreamConfig) (jetstream.Stream, error) {
+	var stream jetstream.Stream
+	err := retryTransient(ctx, q.cfg.PublishTimeout, func(attemptCtx context.Context) error {
+		var err error
+		stream, err = q.js.CreateOrUpdateStream(attemptCtx, sc)
+		if err != nil {
+			q.log.V(1).Info("Stream not ready yet", "stream", sc.Name, "error", err.Error())
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create or update stream %s: %w", sc.Name, err)
+	}
+	return stream, nil
 }
 
 // Connected reports whether the queue currently has a connection to

@@ -271,11 +271,8 @@ func (r *Runner) start(ctx context.Context, dir string) error {
 	if r.benchBin, err = buildBenchDispatcher(ctx, h.Root, filepath.Join(dir, "bin")); err != nil {
 		return err
 	}
-	if err := h.Dispatcher.Stop(20 * time.Second); err != nil {
-		return err
-	}
 	h.Bins.Dispatcher = r.benchBin
-	if err := h.StartDispatcher(ctx); err != nil {
+	if err := h.RestartDispatcher(ctx); err != nil {
 		return err
 	}
 	if r.kube, err = newFastClient(h.Kubeconfig); err != nil {
