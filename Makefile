@@ -73,6 +73,9 @@ vet: ## Run go vet.
 
 .PHONY: lint
 lint: golangci-lint ## Run the pinned golangci-lint.
+	@# Download the modules first: on a fresh machine, loading the packages
+	@# would otherwise spend the linter's timeout on downloads.
+	go mod download
 	$(GOLANGCI_LINT) run ./...
 
 .PHONY: envtest
