@@ -10,7 +10,9 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"slices"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -327,4 +329,38 @@ func newTestManager(t testing.TB, q *queue.Queue, mutate ...func(*Options)) (*Ma
 		}
 	})
 	return m, out, rec
+}
+
+// newPeakReceiver is a receiver that answers 200 after a short pause and
+// records the most requests it had in flight at once.
+func newPeakReceiver(t testing.TB) (*receiver, *atomic.Int32) {
+	t.Helper()
+	var inFlight, peak atomic.Int32
+	rc := newReceiver(t, func(_ int, w http.ResponseWriter, _ *http.Request) {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for {
+			m := peak.Load()
+			if n <= m || peak.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		time.Sleep(20 * time.Millisecond) // long enough for the others to arrive
+		w.WriteHeader(http.StatusOK)
+	})
+	return rc, &peak
+}
+
+// expectEachOnce checks that deliveries d-0 … d-(n-1) each arrived once.
+func expectEachOnce(t testing.TB, rc *receiver, n int) {
+	t.Helper()
+	seen := map[string]int{}
+	for _, r := range rc.received() {
+		seen[orderOf(t, r.Body)]++
+	}
+	for i := range n {
+		if id := "d-" + strconv.Itoa(i); seen[id] != 1 {
+			t.Errorf("delivery %s arrived %d times", id, seen[id])
+		}
+	}
 }

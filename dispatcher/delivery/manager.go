@@ -80,6 +80,11 @@ type Options struct {
 	// that arrived without a Wake (queued by another replica, replayed from
 	// the dead-letter stream). Defaults to DefaultSweepInterval.
 	SweepInterval time.Duration
+	// Owners, when set, makes this replica deliver only to the endpoints
+	// whose lease it holds, so that several replicas sharing one
+	// JetStream keep each endpoint's limits (see ownership). Nil: this
+	// replica is the only one and delivers to every endpoint.
+	Owners *queue.Owners
 }
 
 // Idle endpoint defaults.
@@ -104,6 +109,9 @@ type Manager struct {
 	clock     clock.Clock
 	fetchWait time.Duration
 	idleAfter time.Duration
+	// ownership is nil with a single replica.
+	ownership   *ownership
+	stopRenewal context.CancelFunc
 
 	// loopsCtx parents every worker's fetch loop; attemptsCtx parents every
 	// attempt, and is only cancelled when Stop runs out of time.
@@ -171,6 +179,13 @@ func NewManager(opts Options) (*Manager, error) {
 	m.loopsCtx, m.cancelLoops = context.WithCancel(context.Background())
 	m.attemptsCtx, m.cancelAttempts = context.WithCancel(context.Background())
 	go m.sweep(cmp.Or(opts.SweepInterval, DefaultSweepInterval))
+	if opts.Owners != nil {
+		m.ownership = newOwnership(opts.Owners, m.log.WithName("ownership"))
+		// Leases are renewed until Stop has drained the attempts in flight.
+		var renewCtx context.Context
+		renewCtx, m.stopRenewal = context.WithCancel(context.Background())
+		go m.ownership.renew(renewCtx)
+	}
 	return m, nil
 }
 
@@ -429,14 +444,22 @@ func (m *Manager) Stop(ctx context.Context) error {
 		m.attempts.Wait()
 		close(idle)
 	}()
+	var err error
 	select {
 	case <-idle:
-		m.cancelAttempts()
-		return nil
 	case <-ctx.Done():
-		m.cancelAttempts()
-		return fmt.Errorf("stop delivery: attempts still in flight: %w", ctx.Err())
+		err = fmt.Errorf("stop delivery: attempts still in flight: %w", ctx.Err())
 	}
+	m.cancelAttempts()
+	if m.ownership != nil {
+		// Other replicas take the endpoints over now rather than after
+		// the leases expire.
+		m.stopRenewal()
+		releaseCtx, cancel := context.WithTimeout(context.Background(), finishTimeout)
+		m.ownership.releaseAll(releaseCtx)
+		cancel()
+	}
+	return err
 }
 
 // workerConfig is an endpoint's immutable delivery configuration.

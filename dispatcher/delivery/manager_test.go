@@ -353,19 +353,7 @@ func TestManagerOrderedKeepsOrderAcrossRetry(t *testing.T) {
 func TestManagerBacklogUsesMaxInFlight(t *testing.T) {
 	q := openQueue(t)
 	const deliveries, limit = 60, 6
-	var inFlight, peak atomic.Int32
-	rc := newReceiver(t, func(_ int, w http.ResponseWriter, _ *http.Request) {
-		n := inFlight.Add(1)
-		defer inFlight.Add(-1)
-		for {
-			m := peak.Load()
-			if n <= m || peak.CompareAndSwap(m, n) {
-				break
-			}
-		}
-		time.Sleep(20 * time.Millisecond) // long enough for the others to arrive
-		w.WriteHeader(http.StatusOK)
-	})
+	rc, peak := newPeakReceiver(t)
 	for i := range deliveries {
 		publish(t, q, "shop", "bulk", "d-"+strconv.Itoa(i))
 	}
@@ -378,15 +366,7 @@ func TestManagerBacklogUsesMaxInFlight(t *testing.T) {
 	if n := peak.Load(); n != limit {
 		t.Errorf("at most %d requests overlapped, want exactly maxInFlight %d", n, limit)
 	}
-	seen := map[string]int{}
-	for _, r := range rc.received() {
-		seen[orderOf(t, r.Body)]++
-	}
-	for i := range deliveries {
-		if id := "d-" + strconv.Itoa(i); seen[id] != 1 {
-			t.Errorf("delivery %s arrived %d times", id, seen[id])
-		}
-	}
+	expectEachOnce(t, rc, deliveries)
 }
 
 // TestManagerFailingEndpointDoesNotDelayHealthy: while one endpoint's

@@ -41,6 +41,18 @@ type worker struct {
 	// wake that came after it checked the queue.
 	idle  atomic.Bool
 	wakes atomic.Uint64
+
+	// With ownership (several replicas): lease is this replica's lease of
+	// the endpoint, nil when it holds none (guarded by mu); notOwnerUntil
+	// (Unix nanoseconds) is until when wakes are left to the replica that
+	// holds it; wakeDeferred is set while a wake is scheduled for then.
+	lease         *queue.Lease
+	notOwnerUntil atomic.Int64
+	wakeDeferred  atomic.Bool
+	// lastHolder and holdFor are the replica found holding the lease and
+	// how long wakes are left to it (used by the loop's goroutine only).
+	lastHolder string
+	holdFor    time.Duration
 }
 
 func newWorker(m *Manager, ep *catalog.Endpoint, cfg *workerConfig) *worker {
@@ -137,13 +149,39 @@ func (w *worker) park(woken uint64) bool {
 	return true
 }
 
+// parkNotOwner ends the loop's goroutine because another replica holds
+// the endpoint's lease. Wakes that came meanwhile are the owner's to
+// serve (see ownership); it reports false when the worker was stopped.
+func (w *worker) parkNotOwner() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopped {
+		return false
+	}
+	w.idle.Store(true)
+	w.running = false
+	return true
+}
+
 // wake starts the loop of an idle endpoint; for a running loop it only
-// counts, so that the loop does not go idle on a stale check.
+// counts, so that the loop does not go idle on a stale check. While
+// another replica holds the endpoint's lease, the wake is put off until
+// this replica should look again.
 func (w *worker) wake() {
 	w.wakes.Add(1)
-	if w.idle.Load() {
-		w.start()
+	if !w.idle.Load() {
+		return
 	}
+	if wait := w.leftToOwner(); wait > 0 {
+		if w.wakeDeferred.CompareAndSwap(false, true) {
+			time.AfterFunc(wait, func() {
+				w.wakeDeferred.Store(false)
+				w.wake()
+			})
+		}
+		return
+	}
+	w.start()
 }
 
 func (w *worker) beginLoop() (*workerConfig, context.Context, context.CancelFunc) {
@@ -162,6 +200,13 @@ func (w *worker) beginLoop() (*workerConfig, context.Context, context.CancelFunc
 // recreating the consumer when its options change.
 func (w *worker) run() {
 	if parked := w.loop(); !parked {
+		// A retired endpoint's lease is given up now; on shutdown, the
+		// Manager gives them up once the attempts in flight are finished.
+		if w.m.loopsCtx.Err() == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), finishTimeout)
+			w.releaseLease(ctx)
+			cancel()
+		}
 		w.exit()
 	}
 }
@@ -189,6 +234,22 @@ func (w *worker) loop() (parked bool) {
 		}
 		if idle {
 			continue
+		}
+		owned, err := w.own(w.ctx)
+		if err != nil {
+			if w.ctx.Err() != nil {
+				break
+			}
+			w.log.Error(err, "Cannot take the endpoint's lease, retrying", "retryIn", retry)
+			sleep(w.ctx, retry)
+			retry = min(2*retry, maxRetry)
+			continue
+		}
+		if !owned {
+			if w.parkNotOwner() {
+				return true
+			}
+			break
 		}
 
 		cfg, loopCtx, cancel := w.beginLoop()
@@ -223,6 +284,10 @@ func (w *worker) fetchLoop(ctx context.Context, consumer *queue.Consumer) {
 		ticket, err := w.pacer.Acquire(ctx)
 		if err != nil {
 			return
+		}
+		if !w.leaseValid() {
+			ticket.Release()
+			return // run takes the lease again or leaves the endpoint
 		}
 		tickets := []*Ticket{ticket}
 		if backlog > 0 {
@@ -288,8 +353,10 @@ func (w *worker) handBack(msg *queue.Message) {
 	w.nak(msg, handBackDelay)
 }
 
-// releaseIfIdle releases the endpoint's consumer when nothing is queued,
-// in flight or waiting for a retry, and reports whether it did.
+// releaseIfIdle releases the endpoint's consumer, and its lease, when
+// nothing is queued, in flight or waiting for a retry, and reports whether
+// the endpoint is idle. A replica that does not hold the lease leaves the
+// consumer to the one that does.
 func (w *worker) releaseIfIdle() (bool, error) {
 	ctx, cancel := context.WithTimeout(w.ctx, finishTimeout)
 	defer cancel()
@@ -297,7 +364,19 @@ func (w *worker) releaseIfIdle() (bool, error) {
 	if err != nil || pending > 0 {
 		return false, err
 	}
+	if w.m.ownership != nil && w.currentLease() == nil {
+		return true, nil
+	}
 	if err := w.m.queue.ReleaseDeliveryConsumer(ctx, w.namespace, w.name); err != nil {
+		return false, err
+	}
+	if !w.releaseLease(ctx) {
+		return true, nil
+	}
+	// Deliveries queued by a replica that found the lease held are this
+	// replica's to deliver: look once more now that it is free.
+	pending, err = w.m.queue.Pending(ctx, w.namespace, w.name)
+	if err != nil || pending > 0 {
 		return false, err
 	}
 	return true, nil

@@ -118,17 +118,9 @@ func TestClusterLosesNothingWhenANodeFails(t *testing.T) {
 		t.Skip("starts a three-node JetStream cluster")
 	}
 	servers := startCluster(t, 3)
-	var urls []string
-	for _, s := range servers {
-		urls = append(urls, s.ClientURL())
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
-	q, err := Open(ctx, Config{NATSURL: strings.Join(urls, ",")}, testr.NewWithOptions(t, testr.Options{Verbosity: 1}))
-	if err != nil {
-		t.Fatalf("Open against the cluster: %v", err)
-	}
-	t.Cleanup(func() { _ = q.Close() })
+	q := openCluster(t, ctx, servers)
 
 	info, err := q.events.Info(ctx)
 	if err != nil {
@@ -209,4 +201,20 @@ func TestClusterLosesNothingWhenANodeFails(t *testing.T) {
 			t.Errorf("acknowledged event %s was never consumed", id)
 		}
 	}
+}
+
+// openCluster opens the queue in external mode against servers, and closes
+// it when the test ends.
+func openCluster(t *testing.T, ctx context.Context, servers []*server.Server) *Queue {
+	t.Helper()
+	var urls []string
+	for _, s := range servers {
+		urls = append(urls, s.ClientURL())
+	}
+	q, err := Open(ctx, Config{NATSURL: strings.Join(urls, ",")}, testr.NewWithOptions(t, testr.Options{Verbosity: 1}))
+	if err != nil {
+		t.Fatalf("Open against the cluster: %v", err)
+	}
+	t.Cleanup(func() { _ = q.Close() })
+	return q
 }
