@@ -259,6 +259,7 @@ func run(ctx context.Context, o options) error {
 	}
 
 	cat := catalog.New(mgr.GetCache(), log.WithName("catalog"))
+	cat.UseAPIReader(mgr.GetAPIReader())
 	if err := cat.Start(ctx); err != nil {
 		return err
 	}
@@ -278,7 +279,12 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("health reporter: %w", err)
 	}
 
+	owners, err := endpointOwners(ctx, o, q)
+	if err != nil {
+		return err
+	}
 	deliveries, err := delivery.NewManager(delivery.Options{
+		Owners:       owners,
 		Queue:        q,
 		Reporter:     reporter,
 		Log:          recorder,
@@ -299,10 +305,11 @@ func run(ctx context.Context, o options) error {
 	}
 
 	rt, err := router.New(q, cat, log.WithName("router"), router.Options{
-		Reporter:      reporter,
-		Queued:        deliveries.Wake,
-		UnmatchedHold: o.unmatchedHold,
-		Registerer:    metrics.Registry,
+		Reporter:       reporter,
+		Queued:         deliveries.Wake,
+		UnmatchedHold:  o.unmatchedHold,
+		ConfirmSettled: cat.ConfirmSettled,
+		Registerer:     metrics.Registry,
 	})
 	if err != nil {
 		return fmt.Errorf("router: %w", err)
@@ -641,4 +648,20 @@ func statusLeaseHeartbeat(cs kubernetes.Interface, namespace string) func(contex
 		}
 		return nil
 	}
+}
+
+// endpointOwners opens the endpoint ownership bucket with external NATS,
+// where several replicas share the queue and each endpoint is delivered to
+// by one of them at a time; nil with the embedded JetStream (one replica).
+// The replica id is the pod name, so a restarted container takes its
+// leases back at once.
+func endpointOwners(ctx context.Context, o options, q *queue.Queue) (*queue.Owners, error) {
+	if o.natsURL == "" {
+		return nil, nil
+	}
+	owners, err := q.Owners(ctx, o.podName, queue.DefaultOwnershipTTL)
+	if err != nil {
+		return nil, fmt.Errorf("delivery: %w", err)
+	}
+	return owners, nil
 }

@@ -64,7 +64,16 @@ type Catalog struct {
 	// "Subscription/name") whose current generation the manager has not
 	// reconciled yet: an event that matches nothing in their namespace may
 	// match once it has.
-	pending   map[string]map[string]struct{}
+	pending map[string]map[string]struct{}
+	// seen holds, per namespace, the resourceVersion of every object
+	// ("WebhookEndpoint/name", "Subscription/name") the catalog has
+	// processed; ConfirmSettled compares it with the API server's.
+	seen map[string]map[string]string
+	// apiReader reads from the API server, not the cache (ConfirmSettled);
+	// confirms keeps, per namespace, what the last confirmation found.
+	apiReader client.Reader
+	confirmMu sync.Mutex
+	confirms  map[string]*confirmation
 	listeners []func()
 	deleted   []func(namespace, name string, uid types.UID)
 	synced    []toolscache.ResourceEventHandlerRegistration
@@ -83,6 +92,8 @@ func New(c cache.Cache, log logr.Logger) *Catalog {
 		filters:   map[string]*filter.Filter{},
 		ready:     map[string][]*Subscription{},
 		pending:   map[string]map[string]struct{}{},
+		seen:      map[string]map[string]string{},
+		confirms:  map[string]*confirmation{},
 		expiry:    map[string]*time.Timer{},
 	}
 }
@@ -357,6 +368,7 @@ func (c *Catalog) rebuildEndpoint(ctx context.Context, namespace, name string) {
 
 	c.mu.Lock()
 	c.setPendingLocked(namespace, "WebhookEndpoint/"+name, pending)
+	c.setSeenLocked(namespace, "WebhookEndpoint/"+name, resourceVersionOf(ep, err))
 	if old := c.endpoints[key]; (old == nil && next == nil) || (old != nil && next != nil && reflect.DeepEqual(old, next)) {
 		// Nothing the stages use changed (the dispatcher's own status
 		// writes come back through the informer): no refresh, no
@@ -492,6 +504,7 @@ func (c *Catalog) rebuildSubscription(ctx context.Context, namespace, name strin
 
 	c.mu.Lock()
 	c.setPendingLocked(namespace, "Subscription/"+name, pending)
+	c.setSeenLocked(namespace, "Subscription/"+name, resourceVersionOf(sub, err))
 	if old := c.subs[namespace][name]; (old == nil && next == nil) || (old != nil && next != nil && reflect.DeepEqual(old, next)) {
 		c.mu.Unlock()
 		return

@@ -139,6 +139,13 @@ type Options struct {
 	// UnmatchedRetry is how long a held event waits before it is matched
 	// again. Zero takes DefaultUnmatchedRetry.
 	UnmatchedRetry time.Duration
+	// ConfirmSettled, when set, is asked before an event that matched
+	// nothing in a namespace that is not in transition is discarded:
+	// whether the catalog has caught up, as of a moment after the event
+	// was ingested, with the namespace's objects on the API server
+	// (Catalog.ConfirmSettled). When it has not, the event is held as in a
+	// transition and matched again after retry. Nil discards at once.
+	ConfirmSettled func(ctx context.Context, namespace string, since time.Time) (settled bool, retry time.Duration)
 	// Registerer registers the router's metrics; nil registers none.
 	Registerer prometheus.Registerer
 	// Now is the clock; defaults to time.Now.
@@ -312,12 +319,13 @@ func (r *Router) processGroup(ctx context.Context, namespace string, msgs []*que
 			if err := m.NakWithDelay(retryDelay); err != nil {
 				log.Error(err, "Returning event for redelivery failed; it comes back after AckWait")
 			}
-		case out.err == nil && len(out.result.Endpoints) == 0 && r.hold(m):
-			// Matched nothing while the namespace is in transition: it
+		case out.err == nil && len(out.result.Endpoints) == 0 && r.hold(ctx, m, &outcomes[i]):
+			// Matched nothing while the namespace is in transition, or
+			// before the catalog is known to have caught up with it: it
 			// may match the new generation. Later events are not held
 			// back with it: they matched, or are held on their own.
 			r.metrics.held.WithLabelValues(namespace).Inc()
-			if err := m.NakWithDelay(r.opts.UnmatchedRetry); err != nil {
+			if err := m.NakWithDelay(outcomes[i].holdFor); err != nil {
 				log.Error(err, "Returning held event failed; it comes back after AckWait")
 			}
 		case out.err != nil:
@@ -365,14 +373,28 @@ func (r *Router) acknowledge(ctx context.Context, log logr.Logger, m *queue.Mess
 	log.V(2).Info("Event fanned out", "endpoints", res.Endpoints)
 }
 
-// hold reports whether an event that matched nothing is held: its
-// namespace is in transition and it was ingested less than UnmatchedHold
-// ago.
-func (r *Router) hold(m *queue.Message) bool {
-	if !r.catalog.InTransition(m.Namespace) {
+// hold reports whether an event that matched nothing is held, and sets
+// out.holdFor: for less than UnmatchedHold after ingest, while its
+// namespace is in transition or the catalog is not confirmed to have
+// caught up with the namespace since the event was ingested.
+func (r *Router) hold(ctx context.Context, m *queue.Message, out *fanOutOutcome) bool {
+	ingested := m.IngestedAt()
+	if r.opts.Now().Sub(ingested) >= r.opts.UnmatchedHold {
 		return false
 	}
-	return r.opts.Now().Sub(m.IngestedAt()) < r.opts.UnmatchedHold
+	if r.catalog.InTransition(m.Namespace) {
+		out.holdFor = r.opts.UnmatchedRetry
+		return true
+	}
+	if r.opts.ConfirmSettled == nil {
+		return false
+	}
+	settled, retry := r.opts.ConfirmSettled(ctx, m.Namespace, ingested)
+	if settled {
+		return false
+	}
+	out.holdFor = min(max(retry, time.Millisecond), r.opts.UnmatchedRetry)
+	return true
 }
 
 func (r *Router) retryDelay(numDelivered uint64) time.Duration {
@@ -402,6 +424,8 @@ type fanOutOutcome struct {
 	result FanOutResult
 	// err is a *permanentError when the event can never be fanned out.
 	err error
+	// holdFor is how long an event that matched nothing is held (hold).
+	holdFor time.Duration
 }
 
 // fanOut matches stored events of one namespace and queues one delivery per

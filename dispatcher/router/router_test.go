@@ -874,3 +874,50 @@ func TestHeldEventsDoNotStopOtherNamespaces(t *testing.T) {
 	publishEvent(t, q, testEvent{ns: "steady", id: "after", source: "/steady", typ: "order.created"})
 	eventually(t, 30*time.Second, "the other namespace's event routed", func() bool { return pending(t, q, "steady", "hook") == 1 })
 }
+
+// TestUnmatchedEventIsHeldUntilCatalogCaughtUp: an event that matches
+// nothing in a namespace that is not in transition is held, not discarded,
+// while the catalog is not confirmed to have caught up with the API server
+// since the event was ingested (a Subscription created a moment before the
+// event, not yet seen by the informers); it is routed once the catalog has
+// the Subscription. Where the catalog is confirmed up to date, it is
+// discarded at once.
+func TestUnmatchedEventIsHeldUntilCatalogCaughtUp(t *testing.T) {
+	q := openQueue(t)
+	cat := newFakeCatalog()
+	ingested, _ := time.Parse(time.RFC3339Nano, testEvent{}.header().Get(queue.HeaderIngestedAt))
+	var askedSince sync.Map // namespace → the since it was asked with
+	r, reg := newTestRouter(t, q, cat, nil, func(o *Options) {
+		o.UnmatchedHold = time.Minute
+		o.Now = func() time.Time { return ingested.Add(time.Second) }
+		o.ConfirmSettled = func(_ context.Context, namespace string, since time.Time) (bool, time.Duration) {
+			askedSince.Store(namespace, since)
+			// The catalog has caught up with "lagging" once it has its
+			// Subscription; "quiet" has nothing to catch up with.
+			subs, _ := cat.Subscriptions(namespace)
+			return namespace == "quiet" || len(subs) > 0, 20 * time.Millisecond
+		}
+	})
+	runRouter(t, r)
+	held := func(ns string) float64 {
+		return counterValue(t, reg, "herald_router_events_held_total", map[string]string{"namespace": ns})
+	}
+
+	publishEvent(t, q, testEvent{ns: "lagging", id: "just-after-create", source: "/shop", typ: "order.created"})
+	publishEvent(t, q, testEvent{ns: "quiet", id: "nobody", source: "/quiet", typ: "order.created"})
+	eventually(t, 10*time.Second, "the lagging namespace's event held", func() bool { return held("lagging") >= 2 })
+	eventually(t, 10*time.Second, "the settled namespace's event discarded", func() bool {
+		return counterValue(t, reg, "herald_router_events_total", map[string]string{"result": ResultUnmatched}) == 1
+	})
+	if got := held("quiet"); got != 0 {
+		t.Errorf("an event of a namespace confirmed settled was held %v times", got)
+	}
+	if since, _ := askedSince.Load("lagging"); since != ingested {
+		t.Errorf("ConfirmSettled asked since %v, want the event's ingest time %v", since, ingested)
+	}
+
+	// The informers deliver the Subscription: the held event matches it.
+	cat.addEndpoint("lagging", "billing")
+	cat.addSubscription(&catalog.Subscription{Namespace: "lagging", Name: "orders", Endpoint: "billing", Types: []string{"order.*"}})
+	eventually(t, 10*time.Second, "the held event routed", func() bool { return pending(t, q, "lagging", "billing") == 1 })
+}
