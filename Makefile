@@ -83,7 +83,7 @@ envtest: ## Put etcd, kube-apiserver and kubectl into bin/k8s, once: the checksu
 	@ENVTEST_ASSETS_DIR=$(ENVTEST_ASSETS) hack/envtest.sh
 
 .PHONY: test
-test: verify-generated vet envtest helm promtool ## Run all tests with the race detector, envtest, chart and alert-rule tests included.
+test: verify-generated vet envtest helm promtool build ## Run all tests with the race detector, envtest, chart and alert-rule tests included.
 	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) HELM=$(HELM) PROMTOOL=$(PROMTOOL) go test $(GO_TEST_FLAGS) ./...
 
 .PHONY: test-chart

@@ -35,7 +35,10 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	// Start builds both binaries first: on a fresh machine, with the other
+	// packages' tests compiling and running beside it, that alone can take
+	// minutes on two cores.
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	herald, err = Start(ctx, Options{Dir: dir, StatusInterval: 500 * time.Millisecond})
 	if err != nil {

@@ -37,7 +37,9 @@ type chaosAction struct {
 // faults at random: SIGKILL and restart of the dispatcher (not waiting for
 // readiness), a manager restart, endpoint and Subscription edits, signing
 // key rotation, a user Secret (a header value) deleted and recreated, and a
-// suspend/resume of the endpoint. It ends with the ledger: every event
+// suspend/resume of the endpoint, and a kube-apiserver restart (on a
+// control plane of its own, with the manager and the dispatcher on
+// least-privilege roles). It ends with the ledger: every event
 // answered 202 delivered (the receiver is healthy, so nothing may be
 // dead-lettered), duplicates counted.
 func TestChaosSoak(t *testing.T) {
@@ -47,6 +49,13 @@ func TestChaosSoak(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	rng := rand.New(rand.NewPCG(seed, seed>>1))
 	t.Logf("soak for %s, seed %d", duration, seed)
+
+	// A Herald of its own, whose API server the soak can restart. The
+	// helpers below use the package's herald: point it here meanwhile.
+	fh := startFaultHerald(t, herald.Bins)
+	shared := herald
+	herald = fh.Herald
+	defer func() { herald = shared }()
 
 	ns := "e2e-soak"
 	const userSecret = `apiVersion: v1
@@ -114,6 +123,13 @@ stringData: {value: "Bearer soak"}
 				return fmt.Errorf("recreate Secret: %w: %s", err, out)
 			}
 			return nil
+		}},
+		{"restart kube-apiserver", func(ctx context.Context) error {
+			if err := fh.StopAPIServer(); err != nil {
+				return err
+			}
+			time.Sleep(time.Duration(rng.IntN(1000)) * time.Millisecond)
+			return fh.StartAPIServer(ctx)
 		}},
 		{"suspend and resume the endpoint", func(ctx context.Context) error {
 			if err := kubectl("patch", "-n", ns, "webhookendpoint/sink", "--type=merge", "-p", `{"spec":{"suspend":true}}`)(ctx); err != nil {
