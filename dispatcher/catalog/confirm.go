@@ -14,7 +14,8 @@ import (
 // Confirmation pacing. An unmatched event waits for a confirmation that
 // started after it was ingested; a namespace is listed at most once per
 // confirmInterval, so steady unmatched traffic costs one metadata list per
-// namespace per interval. confirmTimeout bounds one list.
+// namespace per interval, and an unmatched event is discarded within about
+// a second. confirmTimeout bounds one list.
 const (
 	confirmInterval = time.Second
 	confirmTimeout  = 5 * time.Second
@@ -29,8 +30,8 @@ type confirmation struct {
 	// started is when the last list started; settled is the start of the
 	// last list that found the catalog caught up (zero if none did).
 	started, settled time.Time
-	// inflight is closed when the list in progress ends; nil when none is.
-	inflight chan struct{}
+	// inflight is set while a list runs.
+	inflight bool
 }
 
 // UseAPIReader sets the reader ConfirmSettled lists with: one that reads
@@ -43,72 +44,58 @@ func (c *Catalog) UseAPIReader(r client.Reader) { c.apiReader = r }
 // see a Subscription created a moment ago a moment later, so an event
 // ingested in between would match nothing in a namespace that looks
 // settled, and be discarded. Before the router discards an event that
-// matched nothing, ConfirmSettled checks, with a list from the API server
-// that started after the event was ingested (since), that the catalog has
-// processed every WebhookEndpoint and Subscription of the namespace at the
-// version the API server has. It reports settled=true when one did; else
-// the event should be held and matched again after retry (the catalog is
-// catching up, a list ran too recently, or the API server did not answer).
+// matched nothing, ConfirmSettled checks that a list from the API server
+// that started after the event was ingested (since) found the catalog
+// with every WebhookEndpoint and Subscription of the namespace at the
+// version the API server has. It reports settled=true when one did;
+// otherwise it starts such a list in the background (at most one per
+// namespace per confirmInterval) and the event should be held and matched
+// again after retry.
 //
-// It blocks for at most one metadata list of the namespace; concurrent
-// callers share it.
-func (c *Catalog) ConfirmSettled(ctx context.Context, namespace string, since time.Time) (settled bool, retry time.Duration) {
+// It never blocks on the API server: the router's batch goes on while the
+// list runs.
+func (c *Catalog) ConfirmSettled(_ context.Context, namespace string, since time.Time) (settled bool, retry time.Duration) {
 	if c.apiReader == nil {
 		return true, 0
 	}
-	for {
-		c.confirmMu.Lock()
-		cf := c.confirms[namespace]
-		if cf == nil {
-			cf = &confirmation{}
-			c.confirms[namespace] = cf
-		}
-		if cf.settled.After(since) {
-			c.confirmMu.Unlock()
-			return true, 0
-		}
-		if wait := cf.inflight; wait != nil {
-			startedAfter := cf.started.After(since)
-			c.confirmMu.Unlock()
-			if !startedAfter {
-				return false, catchUpRetry
-			}
-			select {
-			case <-wait:
-				continue // read its result
-			case <-ctx.Done():
-				return false, catchUpRetry
-			}
-		}
-		now := c.now()
-		if next := cf.started.Add(confirmInterval); now.Before(next) {
-			c.confirmMu.Unlock()
-			return false, max(next.Sub(now), catchUpRetry)
-		}
-		if !now.After(since) {
-			// Same clock reading as the ingest: a list now might not see
-			// an object created just before it.
-			c.confirmMu.Unlock()
-			return false, catchUpRetry
-		}
-		cf.started, cf.inflight = now, make(chan struct{})
-		c.confirmMu.Unlock()
-
-		caughtUp, err := c.caughtUp(ctx, namespace)
-		if err != nil {
-			c.log.V(1).Info("Cannot confirm the catalog is up to date; holding unmatched events", "namespace", namespace, "error", err.Error())
-		}
-		c.confirmMu.Lock()
-		if caughtUp {
-			cf.settled = now
-		}
-		close(cf.inflight)
-		cf.inflight = nil
-		c.confirmMu.Unlock()
-		if caughtUp {
-			return true, 0
-		}
+	c.confirmMu.Lock()
+	defer c.confirmMu.Unlock()
+	cf := c.confirms[namespace]
+	if cf == nil {
+		cf = &confirmation{}
+		c.confirms[namespace] = cf
+	}
+	switch now := c.now(); {
+	case cf.settled.After(since):
+		return true, 0
+	case cf.inflight:
 		return false, catchUpRetry
+	case now.Before(cf.started.Add(confirmInterval)):
+		return false, max(cf.started.Add(confirmInterval).Sub(now), catchUpRetry)
+	case !now.After(since):
+		// Same clock reading as the ingest: a list now might not see an
+		// object created just before it.
+		return false, catchUpRetry
+	default:
+		cf.started, cf.inflight = now, true
+		go c.confirm(namespace, cf, now)
+		return false, catchUpRetry
+	}
+}
+
+// confirm runs one list for ConfirmSettled and records what it found.
+func (c *Catalog) confirm(namespace string, cf *confirmation, started time.Time) {
+	ctx, cancel := context.WithTimeout(context.Background(), confirmTimeout)
+	defer cancel()
+	caughtUp, err := c.caughtUp(ctx, namespace)
+	if err != nil {
+		c.log.V(1).Info("Cannot confirm the catalog is up to date; holding unmatched events", "namespace", namespace, "error", err.Error())
+	}
+	c.confirmMu.Lock()
+	defer c.confirmMu.Unlock()
+	cf.inflight = false
+	if caughtUp {
+		cf.settled = started
 	}
 }
 
@@ -116,8 +103,6 @@ func (c *Catalog) ConfirmSettled(ctx context.Context, namespace string, since ti
 // the API server (metadata only) and reports whether the catalog has
 // processed each of them at the listed resourceVersion.
 func (c *Catalog) caughtUp(ctx context.Context, namespace string) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, confirmTimeout)
-	defer cancel()
 	for _, kind := range []string{"WebhookEndpoint", "Subscription"} {
 		list := &metav1.PartialObjectMetadataList{}
 		list.SetGroupVersionKind(heraldv1.GroupVersion.WithKind(kind + "List"))
