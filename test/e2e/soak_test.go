@@ -96,7 +96,7 @@ stringData: {value: "Bearer soak"}
 		}},
 		{"restart the manager", func(ctx context.Context) error {
 			herald.Manager.Kill()
-			return herald.StartManager(ctx)
+			return fh.StartManager(ctx) // with its least-privilege kubeconfig
 		}},
 		{"edit the endpoint", func(ctx context.Context) error {
 			return kubectl("patch", "-n", ns, "webhookendpoint/sink", "--type=merge", "-p",
