@@ -216,6 +216,12 @@ func (w *worker) run() {
 func (w *worker) loop() (parked bool) {
 	const minRetry, maxRetry = 500 * time.Millisecond, 30 * time.Second
 	retry := minRetry
+	// backOff logs a failed step and waits before the loop tries again.
+	backOff := func(err error, what string) {
+		w.log.Error(err, "Cannot "+what+", retrying", "retryIn", retry)
+		sleep(w.ctx, retry)
+		retry = min(2*retry, maxRetry)
+	}
 	for w.ctx.Err() == nil {
 		// Read before checking: a Wake after this point is not missed.
 		woken := w.wakes.Load()
@@ -224,9 +230,7 @@ func (w *worker) loop() (parked bool) {
 			if w.ctx.Err() != nil {
 				break
 			}
-			w.log.Error(err, "Cannot check the endpoint's queue, retrying", "retryIn", retry)
-			sleep(w.ctx, retry)
-			retry = min(2*retry, maxRetry)
+			backOff(err, "check the endpoint's queue")
 			continue
 		}
 		if idle && w.park(woken) {
@@ -240,9 +244,7 @@ func (w *worker) loop() (parked bool) {
 			if w.ctx.Err() != nil {
 				break
 			}
-			w.log.Error(err, "Cannot take the endpoint's lease, retrying", "retryIn", retry)
-			sleep(w.ctx, retry)
-			retry = min(2*retry, maxRetry)
+			backOff(err, "take the endpoint's lease")
 			continue
 		}
 		if !owned {
@@ -259,9 +261,7 @@ func (w *worker) loop() (parked bool) {
 			if w.ctx.Err() != nil {
 				return false
 			}
-			w.log.Error(err, "Cannot create the endpoint's delivery consumer, retrying", "retryIn", retry)
-			sleep(w.ctx, retry)
-			retry = min(2*retry, maxRetry)
+			backOff(err, "create the endpoint's delivery consumer")
 			continue
 		}
 		retry = minRetry
