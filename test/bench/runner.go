@@ -29,6 +29,9 @@ import (
 const (
 	ScenarioBaseline = "baseline"
 	ScenarioFanOut1  = "fanout1"
+	// ScenarioSteady is fan-out 1 at a fixed 1,000 events/s, with and
+	// without the delivery log, each profiled: the low-rate cost.
+	ScenarioSteady = "steady"
 	// ScenarioFanOut1NoLog is fan-out 1 with the delivery log off, for the
 	// log's cost measured in the same run.
 	ScenarioFanOut1NoLog  = "fanout1-nolog"
@@ -39,7 +42,7 @@ const (
 )
 
 // AllScenarios is the full run.
-var AllScenarios = []string{ScenarioBaseline, ScenarioFanOut1, ScenarioFanOut1NoLog, ScenarioFanOut10, ScenarioIsolation, ScenarioKill, ScenarioEndpoints1000}
+var AllScenarios = []string{ScenarioBaseline, ScenarioSteady, ScenarioFanOut1, ScenarioFanOut1NoLog, ScenarioFanOut10, ScenarioIsolation, ScenarioKill, ScenarioEndpoints1000}
 
 // Config configures a benchmark run.
 type Config struct {
@@ -68,7 +71,7 @@ type params struct {
 	killDuration, killAt                            time.Duration
 	scaleEndpoints, subsPerEndpoint                 int
 	scaleRate                                       float64
-	idleSettle                                      time.Duration
+	idleSettle, idleCPU                             time.Duration
 }
 
 func paramsFor(quick bool) params {
@@ -78,7 +81,7 @@ func paramsFor(quick bool) params {
 			drain: 30 * time.Second, fanOut1Steps: 3, fanOut10Steps: 2,
 			isolationRate: 100, isolationDuration: 4 * time.Second,
 			killRate: 300, killDuration: 6 * time.Second, killAt: 2 * time.Second,
-			scaleEndpoints: 100, subsPerEndpoint: 10, scaleRate: 500, idleSettle: 3 * time.Second,
+			scaleEndpoints: 100, subsPerEndpoint: 10, scaleRate: 500, idleSettle: 3 * time.Second, idleCPU: 5 * time.Second,
 		}
 	}
 	return params{
@@ -86,9 +89,12 @@ func paramsFor(quick bool) params {
 		drain: 60 * time.Second, fanOut1Steps: 8, fanOut10Steps: 6,
 		isolationRate: 250, isolationDuration: 12 * time.Second,
 		killRate: 1000, killDuration: 12 * time.Second, killAt: 4 * time.Second,
-		scaleEndpoints: 1000, subsPerEndpoint: 10, scaleRate: 1000, idleSettle: 10 * time.Second,
+		scaleEndpoints: 1000, subsPerEndpoint: 10, scaleRate: 1000, idleSettle: 10 * time.Second, idleCPU: 30 * time.Second,
 	}
 }
+
+// steadyRate is the steady scenario's rate: the low-rate figure.
+const steadyRate = 1000
 
 // Runner runs scenarios against one local Herald.
 type Runner struct {
@@ -193,10 +199,17 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		r.say("scenario %s", name)
 		var err error
 		switch name {
+		case ScenarioSteady:
+			r.results.Steady, err = r.steady(ctx, "bench-steady", steadyRate, "steady")
+			if err == nil {
+				r.results.SteadyNoLog, err = withoutDeliveryLog(ctx, r, func() (*SteadyResult, error) {
+					return r.steady(ctx, "bench-steady-nolog", steadyRate, "steady-nolog")
+				})
+			}
 		case ScenarioFanOut1:
 			r.results.FanOut1, err = r.fanOut(ctx, "bench-fanout1", 1, 1000, r.p.fanOut1Steps, "fanout1")
 		case ScenarioFanOut1NoLog:
-			r.results.FanOut1NoLog, err = r.withoutDeliveryLog(ctx, func() (*FanOutResult, error) {
+			r.results.FanOut1NoLog, err = withoutDeliveryLog(ctx, r, func() (*FanOutResult, error) {
 				return r.fanOut(ctx, "bench-fanout1-nolog", 1, 1000, r.p.fanOut1Steps, "")
 			})
 		case ScenarioFanOut10:
@@ -225,7 +238,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 
 // withoutDeliveryLog runs fn with the dispatcher restarted with
 // --delivery-log=false, then restarts it with the log on again.
-func (r *Runner) withoutDeliveryLog(ctx context.Context, fn func() (*FanOutResult, error)) (*FanOutResult, error) {
+func withoutDeliveryLog[T any](ctx context.Context, r *Runner, fn func() (*T, error)) (*T, error) {
 	r.say("  restarting the dispatcher without the delivery log")
 	if err := r.h.RestartDispatcher(ctx, "--delivery-log=false"); err != nil {
 		return nil, err
@@ -596,10 +609,11 @@ func (r *Runner) createEndpoints(ctx context.Context, ns string, defs []*endpoin
 	return took, nil
 }
 
-// warmUp publishes small runs until one is delivered completely, so that
+// warmUp publishes one event at a time until one is delivered completely, so that
 // the dispatcher's catalog has caught up with the objects just made Ready
 // before anything is measured.
-func (r *Runner) warmUp(ctx context.Context, pub *Publisher, events, slots int, slot func(int, int) (int, bool), typ func(int) string) error {
+func (r *Runner) warmUp(ctx context.Context, pub *Publisher, slots int, slot func(int, int) (int, bool), typ func(int) string) error {
+	const events = 1
 	for attempt := 0; attempt < 20 && ctx.Err() == nil; attempt++ {
 		l := NewLedger(r.newRun(), events, slots, slot)
 		r.sink.Track(l)

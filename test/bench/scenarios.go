@@ -49,7 +49,7 @@ func (r *Runner) fanOut(ctx context.Context, ns string, n int, start float64, ma
 	}
 	defer r.cleanup(ctx, ns)
 	typ := constType("bench.fanout")
-	if err := r.warmUp(ctx, pub, 1, n, FanOutSlots(n), typ); err != nil {
+	if err := r.warmUp(ctx, pub, n, FanOutSlots(n), typ); err != nil {
 		return nil, err
 	}
 	base := stepSpec{Name: ns, Pub: pub, Duration: r.p.stepDuration, Slots: n, Slot: FanOutSlots(n), Type: typ, Drain: r.p.drain}
@@ -82,17 +82,27 @@ func (r *Runner) fanOut(ctx context.Context, ns string, n int, start float64, ma
 		if rate == 0 {
 			rate = start
 		}
-		sleepCtx(ctx, time.Second)
 		spec := base
-		spec.Name, spec.Rate, spec.ProfileName = fmt.Sprintf("%s-profiled@%.0f", ns, rate), rate, profileName
-		p, err := r.runStep(ctx, spec)
-		if err != nil {
-			return res, err
-		}
-		r.sayStep(p)
-		res.Profiled = &p
+		spec.Rate = rate
+		p, err := r.profiledStep(ctx, spec, ns, profileName)
+		res.Profiled = p
+		return res, err
 	}
 	return res, nil
+}
+
+// profiledStep runs spec again, a second after the last run, with a CPU
+// profile of the dispatcher under profileName; its figures are reported,
+// not compared, because profiling costs the dispatcher.
+func (r *Runner) profiledStep(ctx context.Context, spec stepSpec, ns, profileName string) (*StepResult, error) {
+	sleepCtx(ctx, time.Second)
+	spec.Name, spec.ProfileName = fmt.Sprintf("%s-profiled@%.0f", ns, spec.Rate), profileName
+	p, err := r.runStep(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	r.sayStep(p)
+	return &p, nil
 }
 
 // prime runs spec for two seconds without keeping the result: connection
@@ -147,7 +157,7 @@ func (r *Runner) isolation(ctx context.Context) (*IsolationResult, error) {
 		return nil, err
 	}
 	typ := constType("bench.isolation")
-	if err := r.warmUp(ctx, pub, 1, healthy, FanOutSlots(healthy), typ); err != nil {
+	if err := r.warmUp(ctx, pub, healthy, FanOutSlots(healthy), typ); err != nil {
 		return nil, err
 	}
 	spec := stepSpec{Pub: pub, Rate: r.p.isolationRate, Duration: r.p.isolationDuration, Slots: healthy, Slot: FanOutSlots(healthy), Type: typ, Drain: r.p.drain}
@@ -280,7 +290,7 @@ func (r *Runner) kill(ctx context.Context) (*KillResult, error) {
 	}
 	defer r.cleanup(ctx, ns)
 	typ := constType("bench.kill")
-	if err := r.warmUp(ctx, pub, 1, n, FanOutSlots(n), typ); err != nil {
+	if err := r.warmUp(ctx, pub, n, FanOutSlots(n), typ); err != nil {
 		return nil, err
 	}
 	res := &KillResult{}
@@ -361,9 +371,12 @@ type ScaleResult struct {
 	MemStatsDeltaPerEndpoint map[string]float64 `json:"memStatsDeltaPerEndpoint,omitempty"`
 	GoroutinesBefore         int                `json:"goroutinesBefore"`
 	GoroutinesIdle           int                `json:"goroutinesWithEndpoints"`
-	// IdleCores is the dispatcher's CPU use while the endpoints sit idle.
-	IdleCores float64    `json:"idleDispatcherCores"`
-	Traffic   StepResult `json:"traffic"`
+	// IdleCores is the dispatcher's CPU use while the endpoints sit idle
+	// and nothing is published; FreshIdleCores the same before the
+	// endpoints were created.
+	IdleCores      float64    `json:"idleDispatcherCores"`
+	FreshIdleCores float64    `json:"freshIdleDispatcherCores"`
+	Traffic        StepResult `json:"traffic"`
 	// MatchCPUPerEventMs is the dispatcher CPU per event beyond fan-out
 	// 1's at the same rate: matching among the Subscriptions plus the cost
 	// of spreading deliveries over many endpoints.
@@ -430,6 +443,9 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 	}
 	sleepCtx(ctx, r.p.idleSettle)
 	var err error
+	if res.FreshIdleCores, err = r.idleCores(ctx); err != nil {
+		return err
+	}
 	if res.RSSBefore, err = r.settledRSS(ctx); err != nil {
 		return err
 	}
@@ -469,13 +485,12 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 		}
 		sleepCtx(ctx, time.Second)
 	}
-	idle0, _ := ReadProc(r.dispatcherPID())
-	sleepCtx(ctx, r.p.idleSettle)
-	idle1, err := ReadProc(r.dispatcherPID())
-	if err != nil {
+	if res.IdleCores, err = r.idleCores(ctx); err != nil {
 		return err
 	}
-	res.IdleCores = (idle1.CPU - idle0.CPU).Seconds() / r.p.idleSettle.Seconds()
+	if _, err := r.cpuProfile(ctx, "endpoints-idle", int(r.p.idleCPU.Seconds())); err != nil {
+		r.say("idle CPU profile failed: %v", err)
+	}
 	if res.RSSEndpoints, err = r.settledRSS(ctx); err != nil {
 		return err
 	}
@@ -494,6 +509,21 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 		mib(res.RSSBefore), mib(res.RSSEndpoints), n, res.RSSPerEndpoint/1024, res.GoroutinesIdle, res.IdleCores)
 
 	return nil
+}
+
+// idleCores is the dispatcher's CPU use, in cores, over the idle-CPU
+// window: timers, sweeps and the embedded server's housekeeping.
+func (r *Runner) idleCores(ctx context.Context) (float64, error) {
+	before, err := ReadProc(r.dispatcherPID())
+	if err != nil {
+		return 0, err
+	}
+	sleepCtx(ctx, r.p.idleCPU)
+	after, err := ReadProc(r.dispatcherPID())
+	if err != nil {
+		return 0, err
+	}
+	return (after.CPU - before.CPU).Seconds() / r.p.idleCPU.Seconds(), nil
 }
 
 // scaleSubscriptions creates the Subscriptions, times them to Ready and
@@ -565,3 +595,48 @@ func (r *Runner) scaleSubscriptions(ctx context.Context, ns string, pub *Publish
 func scaleType(endpoint, sub int) string { return fmt.Sprintf("bench.scale.e%d.t%d", endpoint, sub) }
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
+
+// SteadyResult is fan-out 1 at a fixed, modest rate: what a delivery costs
+// where most clusters run, far below the knee, where fixed per-message costs
+// (round trips, timers, acknowledgements) are not shared by a batch.
+type SteadyResult struct {
+	Step StepResult `json:"step"`
+	// Profiled is a run like Step during which the CPU profile was taken;
+	// not compared.
+	Profiled *StepResult `json:"profiled,omitempty"`
+}
+
+// steady runs fan-out 1 at rate for the latency duration, then again with a
+// CPU profile.
+func (r *Runner) steady(ctx context.Context, ns string, rate float64, profileName string) (*SteadyResult, error) {
+	pub, err := r.namespace(ctx, ns)
+	if err != nil {
+		return nil, err
+	}
+	defs := []*endpointDef{{Name: "sink-0", Behaviour: Healthy, LedgerEndpoint: 0, Types: []string{"bench.steady"}}}
+	if _, err := r.createEndpoints(ctx, ns, defs); err != nil {
+		return nil, err
+	}
+	defer r.cleanup(ctx, ns)
+	typ := constType("bench.steady")
+	if err := r.warmUp(ctx, pub, 1, FanOutSlots(1), typ); err != nil {
+		return nil, err
+	}
+	spec := stepSpec{Name: fmt.Sprintf("%s@%.0f", ns, rate), Pub: pub, Rate: rate, Duration: r.p.latencyDuration, Slots: 1, Slot: FanOutSlots(1), Type: typ, Drain: r.p.drain}
+	if err := r.prime(ctx, spec); err != nil {
+		return nil, err
+	}
+	s, err := r.runStep(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	r.sayStep(s)
+	res := &SteadyResult{Step: s}
+	if profileName != "" && ctx.Err() == nil {
+		spec.Duration = r.p.stepDuration
+		p, err := r.profiledStep(ctx, spec, ns, profileName)
+		res.Profiled = p
+		return res, err
+	}
+	return res, nil
+}
