@@ -470,13 +470,12 @@ func (w *worker) process(cfg *workerConfig, msg *queue.Message, ticket *Ticket) 
 	d := decide(res, policy, o.Attempt, queued, time.Now())
 	switch d.action {
 	case actionAck:
-		ctx, cancel := context.WithTimeout(context.Background(), finishTimeout)
-		if err := msg.Ack(ctx); err != nil {
-			// The receiver has it; the queue will redeliver it with the same
-			// webhook-id, which at-least-once allows.
+		// Not confirmed: if the acknowledgement is lost with the
+		// connection, the queue redelivers after AckWait with the same
+		// webhook-id, which at-least-once allows (see AckNoWait).
+		if err := msg.AckNoWait(); err != nil {
 			w.log.Error(err, "Acknowledging a delivered message failed", "sequence", msg.Sequence)
 		}
-		cancel()
 	case actionRetry:
 		o.RetryDelay = d.delay
 		w.nak(msg, d.delay)

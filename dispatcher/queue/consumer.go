@@ -320,6 +320,24 @@ func (m *Message) Ack(ctx context.Context) error {
 	return nil
 }
 
+// AckNoWait acknowledges the message without waiting for the server to
+// confirm: one message sent, no round trip. The hot paths use it (the
+// router after an event's deliveries are stored, the delivery stage after
+// a receiver's 2xx) because losing the acknowledgement costs no event:
+// the message comes back after AckWait, where a fan-out is de-duplicated
+// (the duplicate window outlasts the events' AckWait) and a delivery is
+// attempted again with the same webhook-id, which at-least-once allows.
+// An acknowledgement is lost only with the connection to the server, and
+// a confirmed one would not survive that either: the attempt's outcome is
+// then unknown to the client in both cases. Use Ack where the caller's
+// next step relies on the message being gone.
+func (m *Message) AckNoWait() error {
+	if err := m.msg.Ack(); err != nil {
+		return fmt.Errorf("ack message %d on %s: %w", m.Sequence, m.Subject, err)
+	}
+	return nil
+}
+
 // Nak asks for immediate redelivery.
 func (m *Message) Nak() error {
 	if err := m.msg.Nak(); err != nil {

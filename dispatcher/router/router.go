@@ -39,7 +39,6 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/herald-dev/herald/dispatcher/catalog"
 	"github.com/herald-dev/herald/dispatcher/queue"
@@ -51,11 +50,10 @@ const DefaultConsumerName = "router"
 
 // Defaults for zero Options fields.
 const (
-	DefaultBatchSize      = 64
-	DefaultWorkers        = 4
-	DefaultConcurrentAcks = 16
-	DefaultRetryDelay     = time.Second
-	DefaultMaxRetryDelay  = 30 * time.Second
+	DefaultBatchSize     = 64
+	DefaultWorkers       = 4
+	DefaultRetryDelay    = time.Second
+	DefaultMaxRetryDelay = 30 * time.Second
 	// DefaultUnmatchedHold covers a manager restart after an edit, and a
 	// reconcile that waits for a Secret: long enough for the usual
 	// transition, short enough that a namespace with a broken object does
@@ -117,9 +115,6 @@ type Options struct {
 	// endpoint are queued in the order this replica received their events
 	// (see the package documentation for the exception after a failure).
 	Workers int
-	// ConcurrentAcks bounds the event acknowledgements (one round trip
-	// each) in flight at once for one namespace of a batch.
-	ConcurrentAcks int
 	// RetryDelay is the redelivery delay after a failed fan-out; it doubles
 	// with each further failure of the same event up to MaxRetryDelay.
 	RetryDelay    time.Duration
@@ -161,9 +156,6 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Workers <= 0 {
 		o.Workers = DefaultWorkers
-	}
-	if o.ConcurrentAcks <= 0 {
-		o.ConcurrentAcks = DefaultConcurrentAcks
 	}
 	if o.RetryDelay <= 0 {
 		o.RetryDelay = DefaultRetryDelay
@@ -289,15 +281,12 @@ func (r *Router) processBatch(ctx context.Context, msgs []*queue.Message) {
 // (undecodable, too large for the queue) are terminated wherever they are:
 // they have no deliveries to keep in order.
 //
-// The acknowledgements are round trips of their own (they are confirmed, see
-// queue.Message.Ack), so they run concurrently, up to ConcurrentAcks; their
+// The acknowledgements are not confirmed (queue.Message.AckNoWait): their
 // order does not matter because every acknowledged event's deliveries are
-// already stored. One whose confirmation is lost brings its event back after
-// AckWait, and its fan-out is then de-duplicated.
+// already stored, and one that is lost brings its event back after AckWait,
+// when its fan-out is de-duplicated.
 func (r *Router) processGroup(ctx context.Context, namespace string, msgs []*queue.Message) {
 	outcomes := r.fanOut(ctx, namespace, msgs)
-	var acks errgroup.Group
-	acks.SetLimit(r.opts.ConcurrentAcks)
 	var retrying bool
 	var retryDelay time.Duration
 	for i, m := range msgs {
@@ -337,19 +326,15 @@ func (r *Router) processGroup(ctx context.Context, namespace string, msgs []*que
 				log.Error(err, "Returning event for redelivery failed; it comes back after AckWait")
 			}
 		default:
-			acks.Go(func() error {
-				r.acknowledge(ctx, log, m, out.result)
-				return nil
-			})
+			r.acknowledge(log, m, out.result)
 		}
 	}
-	_ = acks.Wait() // acknowledge reports its own failures
 }
 
 // acknowledge settles an event whose deliveries are all queued and reports
 // its matches.
-func (r *Router) acknowledge(ctx context.Context, log logr.Logger, m *queue.Message, res FanOutResult) {
-	if err := m.Ack(ctx); err != nil {
+func (r *Router) acknowledge(log logr.Logger, m *queue.Message, res FanOutResult) {
+	if err := m.AckNoWait(); err != nil {
 		// Every delivery is queued; the redelivered event will find them
 		// all de-duplicated. Not counted now, so it is counted once then.
 		log.Error(err, "Acknowledging fanned-out event failed; it will be redelivered and de-duplicated")
