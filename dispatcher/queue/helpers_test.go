@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/testr"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // testTimeout bounds every test's context; a test that needs longer has a
@@ -104,6 +105,22 @@ func mustPublishDelivery(t testing.TB, ctx context.Context, q *Queue, namespace,
 		t.Fatalf("PublishDelivery(%s/%s, %q): unexpected duplicate", namespace, endpoint, data)
 	}
 	return seq
+}
+
+// storedMessages counts the messages stream holds on subjects matching
+// filter; the streams' keeper messages (keeper.go) are on subjects of their
+// own.
+func storedMessages(t testing.TB, ctx context.Context, stream jetstream.Stream, filter string) uint64 {
+	t.Helper()
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(filter))
+	if err != nil {
+		t.Fatalf("stream info: %v", err)
+	}
+	var n uint64
+	for _, c := range info.State.Subjects {
+		n += c
+	}
+	return n
 }
 
 func mustPending(t testing.TB, ctx context.Context, q *Queue, namespace, endpoint string, want uint64) {

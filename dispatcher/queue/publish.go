@@ -190,6 +190,7 @@ type batchEntry struct {
 
 // publishBatch publishes entries to stream as PublishDeliveries describes.
 func (q *Queue) publishBatch(ctx context.Context, stream string, batch []batchEntry) []PublishResult {
+	q.wrote(stream)
 	results := make([]PublishResult, len(batch))
 	futures := make([]jetstream.PubAckFuture, len(batch))
 	retry := make([]bool, len(batch))
@@ -313,6 +314,7 @@ func newPublishMsg(subject, dedupID string, payload []byte, header Header) (*nat
 // publish sends one message with a de-duplication id and waits for the
 // JetStream acknowledgement, retrying transient failures until ctx ends.
 func (q *Queue) publish(ctx context.Context, stream, subject, dedupID string, payload []byte, header Header) (uint64, bool, error) {
+	q.wrote(stream)
 	msg, err := newPublishMsg(subject, dedupID, payload, header)
 	if err != nil {
 		return 0, false, err

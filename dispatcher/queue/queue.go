@@ -59,6 +59,8 @@ type Queue struct {
 	deliveries jetstream.Stream
 	deadLetter jetstream.Stream
 
+	keepers *keepers
+
 	connClosed chan struct{}
 	closeOnce  sync.Once
 	closeErr   error
@@ -152,6 +154,7 @@ func Open(ctx context.Context, cfg Config, log logr.Logger) (*Queue, error) {
 		_ = q.Close()
 		return nil, err
 	}
+	q.startKeepers()
 	log.Info("Queue ready", "mode", q.mode(), "replicas", cfg.Replicas, "sync", syncDescription(cfg))
 	return q, nil
 }
@@ -233,6 +236,7 @@ func startEmbeddedServer(ctx context.Context, cfg Config, log logr.Logger) (*ser
 //     per endpoint), which is what a work queue allows. Discard is New: when
 //     the store is full a publish fails (ingest answers 503) instead of
 //     silently dropping the oldest undelivered message.
+//     Each also holds one keeper message while traffic flows (keeper.go).
 //   - HERALD_DEADLETTER keeps Limits retention: it is an archive that is
 //     counted and replayed, not consumed, and its oldest entries may age out.
 //
@@ -253,7 +257,7 @@ func (q *Queue) streamConfigs() []jetstream.StreamConfig {
 		{
 			Name:        EventsStream,
 			Description: "Herald: ingested CloudEvents awaiting fan-out",
-			Subjects:    []string{eventsPrefix + ".*"},
+			Subjects:    []string{eventsPrefix + ".*", eventsKeeperSubject},
 			Retention:   jetstream.WorkQueuePolicy,
 			Discard:     jetstream.DiscardNew,
 			MaxAge:      cfg.EventsMaxAge,
@@ -264,7 +268,7 @@ func (q *Queue) streamConfigs() []jetstream.StreamConfig {
 		{
 			Name:        DeliveriesStream,
 			Description: "Herald: deliveries per endpoint awaiting a successful attempt",
-			Subjects:    []string{deliveriesPrefix + ".*.*"},
+			Subjects:    []string{deliveriesPrefix + ".*.*", deliveriesKeeperSubject},
 			// One durable consumer per endpoint: without an explicit limit
 			// nats-server caps a stream at 1,000 consumers
 			// (JSDefaultMaxConsumersPerStream) and endpoint 1,001 would
@@ -335,6 +339,7 @@ func (q *Queue) Connected() bool { return q.nc.IsConnected() }
 // state to disk. Close is idempotent.
 func (q *Queue) Close() error {
 	q.closeOnce.Do(func() {
+		q.stopKeepers()
 		if q.nc != nil {
 			if err := q.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 				q.closeErr = fmt.Errorf("drain NATS connection: %w", err)
