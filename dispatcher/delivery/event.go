@@ -92,8 +92,8 @@ func stringAttr(attrs map[string]json.RawMessage, name string) (string, bool, er
 	if !present || isJSONNull(raw) {
 		return "", false, nil
 	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
+	s, err := jsonscan.String(raw)
+	if err != nil {
 		return "", false, fmt.Errorf("%w: attribute %q must be a string", errInvalidEvent, name)
 	}
 	return s, true, nil

@@ -469,8 +469,11 @@ func checkJSONAttributes(attrs map[string]json.RawMessage) *requestError {
 func isJSONNull(raw json.RawMessage) bool { return string(raw) == "null" }
 
 func jsonString(name string, raw json.RawMessage) (string, *requestError) {
-	var s string
-	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
+	if len(raw) == 0 || raw[0] != '"' {
+		return "", badEvent(name, "attribute %s must be a JSON string", name)
+	}
+	s, err := jsonscan.String(raw)
+	if err != nil {
 		return "", badEvent(name, "attribute %s must be a JSON string", name)
 	}
 	return s, nil

@@ -136,8 +136,8 @@ func attributeString(raw json.RawMessage) (string, bool, error) {
 	}
 	switch raw[0] {
 	case '"':
-		var s string
-		if err := json.Unmarshal(raw, &s); err != nil {
+		s, err := jsonscan.String(raw)
+		if err != nil {
 			return "", false, err
 		}
 		return s, true, nil

@@ -15,7 +15,35 @@
 // exactly as encoding/json decodes map keys. The results alias the input.
 package jsonscan
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"unicode/utf8"
+)
+
+// String decodes raw as json.Unmarshal into a string does, with the same
+// result and error for any input. A string literal of printable ASCII
+// without escapes, which is nearly every CloudEvents attribute, is copied
+// once instead of going through encoding/json's reflection and its
+// allocations; anything else is left to encoding/json.
+func String(raw []byte) (string, error) {
+	if n := len(raw); n >= 2 && raw[0] == '"' && raw[n-1] == '"' && plainASCII(raw[1:n-1]) {
+		return string(raw[1 : n-1]), nil
+	}
+	var s string
+	err := json.Unmarshal(raw, &s)
+	return s, err
+}
+
+// plainASCII reports whether b holds only bytes a JSON string literal
+// represents as themselves: printable ASCII other than '"' and '\'.
+func plainASCII(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 || c == '"' || c == '\\' || c >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}
 
 // ArrayElements returns the elements of body, which must be valid JSON,
 // when it is an array of at most maxElements elements.
@@ -57,8 +85,8 @@ func ObjectMembers(raw []byte) (map[string]json.RawMessage, bool) {
 	}
 	for {
 		nameEnd := endOfString(raw, i)
-		var name string // decoded as json.Decoder.Token decodes it
-		if err := json.Unmarshal(raw[i:nameEnd], &name); err != nil {
+		name, err := String(raw[i:nameEnd]) // decoded as json.Decoder.Token decodes it
+		if err != nil {
 			return nil, false
 		}
 		i = skipJSONWhitespace(raw, nameEnd)

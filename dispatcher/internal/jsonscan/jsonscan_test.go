@@ -30,6 +30,21 @@ func FuzzObject(f *testing.F) {
 	f.Fuzz(checkObject)
 }
 
+// FuzzString: String gives what json.Unmarshal into a string gives.
+func FuzzString(f *testing.F) {
+	for _, s := range []string{`"plain"`, `""`, `"esc\"aped"`, `"\u00e9t\u00e9"`, `"été"`, "\"\xff\"", "\"tab\there\"", `" spaced "`, ` "lead"`, `"unterminated`, `42`, `null`, `"a"b"`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		got, gotErr := String(in)
+		var want string
+		wantErr := json.Unmarshal(in, &want)
+		if (gotErr != nil) != (wantErr != nil) || got != want {
+			t.Fatalf("String(%q) = %q, %v; encoding/json %q, %v", in, got, gotErr, want, wantErr)
+		}
+	})
+}
+
 func checkObject(t *testing.T, in []byte) {
 	got, gotErr := Object(in)
 	var want map[string]json.RawMessage
