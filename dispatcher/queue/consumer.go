@@ -143,7 +143,8 @@ func (q *Queue) consumer(ctx context.Context, stream jetstream.Stream, cc jetstr
 func (c *Consumer) Name() string { return c.name }
 
 // Fetch waits until at least one message is available, then returns it
-// together with up to limit-1 further messages that are already waiting. It
+// together with up to limit-1 further messages that were waiting behind it
+// when it was delivered. It
 // returns no messages and no error when none arrived within the consumer's
 // FetchWait, so callers loop; it returns ctx's error once ctx ends.
 //
@@ -174,8 +175,11 @@ func (c *Consumer) Fetch(ctx context.Context, limit int) ([]*Message, error) {
 		}
 		return nil, ctx.Err()
 	}
-	if limit > 1 {
-		batch, err := c.consumer.FetchNoWait(limit - 1)
+	// The first message says how many more were waiting when it was
+	// delivered; at a modest rate that is none, and asking would cost a
+	// round trip per message for an empty answer.
+	if waiting := msgs[0].Pending; limit > 1 && waiting > 0 {
+		batch, err := c.consumer.FetchNoWait(int(min(uint64(limit-1), waiting)))
 		if err != nil {
 			// The first message is already delivered to us; hand it over and
 			// let the next Fetch report a persistent problem.

@@ -20,6 +20,7 @@ type Results struct {
 	Machine         Machine  `json:"machine"`
 
 	Baseline      *BaselineResult  `json:"baseline,omitempty"`
+	Compare       *CompareResult   `json:"compare,omitempty"`
 	Steady        *SteadyResult    `json:"steady,omitempty"`
 	SteadyNoLog   *SteadyResult    `json:"steadyNoLog,omitempty"`
 	FanOut1       *FanOutResult    `json:"fanout1,omitempty"`
@@ -115,6 +116,10 @@ func (res *Results) evaluateTargets() {
 		quickNote = "BENCH_QUICK smoke run: not comparable"
 	}
 
+	if c := res.Compare; c != nil {
+		add("CPU per 1,000 deliveries at 1,000 events/s against "+c.Ref, "(reported)", fmt.Sprintf("×%.2f: %.3f → %.3f CPU-s; p99 %.1f → %.1f ms (medians of %d alternating rounds)",
+			c.CPURatio, c.BaseCPUPer1000, c.HeadCPUPer1000, c.BaseP99, c.HeadP99, len(c.Head)), nil, quickNote)
+	}
 	if st := res.Steady; st != nil {
 		s := st.Step
 		value := fmt.Sprintf("%.3f CPU-s (%.2f dispatcher cores)", s.CPUPer1000, s.DispatcherCores)
@@ -226,6 +231,18 @@ func (res *Results) Markdown() string {
 		if f.r.Note != "" {
 			p("\n%s\n", f.r.Note)
 		}
+	}
+	if c := res.Compare; c != nil {
+		p("\n### Fan-out 1 at 1,000 events/s: %s against this tree\n\nRounds alternate the two builds, each on a fresh store. Median CPU per 1,000 deliveries %.3f → %.3f s (×%.2f), median p99 %.1f → %.1f ms.\n\n",
+			c.Ref, c.BaseCPUPer1000, c.HeadCPUPer1000, c.CPURatio, c.BaseP99, c.HeadP99)
+		var steps []StepResult
+		for i := range c.Head {
+			if i < len(c.Base) {
+				steps = append(steps, c.Base[i])
+			}
+			steps = append(steps, c.Head[i])
+		}
+		writeSteps(&b, steps)
 	}
 	for _, st := range []struct {
 		title string

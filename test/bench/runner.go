@@ -41,6 +41,10 @@ const (
 	ScenarioEndpoints1000 = "endpoints1000"
 )
 
+// ScenarioCompare alternates the steady run on the dispatcher built from
+// Config.CompareRef and on the working tree's; it runs only when named.
+const ScenarioCompare = "compare"
+
 // AllScenarios is the full run.
 var AllScenarios = []string{ScenarioBaseline, ScenarioSteady, ScenarioFanOut1, ScenarioFanOut1NoLog, ScenarioFanOut10, ScenarioIsolation, ScenarioKill, ScenarioEndpoints1000}
 
@@ -57,6 +61,9 @@ type Config struct {
 	Progress func(format string, args ...any)
 	// KeepDir keeps the scratch directory (logs, store) after the run.
 	KeepDir bool
+	// CompareRef is the git ref whose dispatcher the compare scenario runs
+	// against the working tree's.
+	CompareRef string
 }
 
 // params are the sizes of a run.
@@ -106,6 +113,7 @@ type Runner struct {
 	sink     *Sink
 	pprofURL string
 	benchBin string
+	baseBin  string // CompareRef's build
 	padBytes int
 	mu       sync.Mutex
 	run      int
@@ -147,10 +155,14 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if len(scenarios) == 0 {
 		scenarios = AllScenarios
 	}
+	known := append(slices.Clone(AllScenarios), ScenarioCompare)
 	for _, s := range scenarios {
-		if !slices.Contains(AllScenarios, s) {
-			return nil, fmt.Errorf("unknown scenario %q (known: %s)", s, strings.Join(AllScenarios, ","))
+		if !slices.Contains(known, s) {
+			return nil, fmt.Errorf("unknown scenario %q (known: %s)", s, strings.Join(known, ","))
 		}
+	}
+	if slices.Contains(scenarios, ScenarioCompare) && cfg.CompareRef == "" {
+		return nil, fmt.Errorf("scenario %s needs a git ref to compare with (BENCH_COMPARE)", ScenarioCompare)
 	}
 	began := time.Now()
 	r := &Runner{cfg: cfg, p: paramsFor(cfg.Quick), clock: NewClock(), padBytes: 200}
@@ -189,7 +201,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	r.say("baseline: plain Go client, %d connections: %.0f signed requests/s verified by the sink (p50 %.2f ms, p99 %.2f ms)",
 		bl.Concurrency, bl.PerSecond, bl.Latency.P50, bl.Latency.P99)
 
-	for _, name := range AllScenarios {
+	for _, name := range append([]string{ScenarioCompare}, AllScenarios...) {
 		if name == ScenarioBaseline || !slices.Contains(scenarios, name) {
 			continue
 		}
@@ -199,6 +211,8 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		r.say("scenario %s", name)
 		var err error
 		switch name {
+		case ScenarioCompare:
+			r.results.Compare, err = r.compare(ctx)
 		case ScenarioSteady:
 			r.results.Steady, err = r.steady(ctx, "bench-steady", steadyRate, "steady")
 			if err == nil {
@@ -285,6 +299,12 @@ func (r *Runner) start(ctx context.Context, dir string) error {
 		return err
 	}
 	h.Bins.Dispatcher = r.benchBin
+	if ref := r.cfg.CompareRef; ref != "" {
+		r.say("building the dispatcher of %s to compare with", ref)
+		if r.baseBin, err = buildRefDispatcher(ctx, h.Root, ref, dir); err != nil {
+			return err
+		}
+	}
 	if err := h.RestartDispatcher(ctx); err != nil {
 		return err
 	}

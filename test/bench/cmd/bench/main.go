@@ -6,6 +6,7 @@
 //
 //	BENCH_SCENARIOS=fanout1,fanout10,isolation,sigkill,endpoints1000  a subset (the baseline always runs)
 //	BENCH_QUICK=1                                                      a short smoke run
+//	BENCH_COMPARE=<git ref>                                            with BENCH_SCENARIOS=compare: that ref's dispatcher against the working tree's
 //
 // It lives under test/bench rather than hack/ because it is one piece with
 // the harness package it drives: `go test ./test/bench/...` and `go vet`
@@ -35,6 +36,7 @@ func main() {
 	scenarios := flag.String("scenarios", os.Getenv("BENCH_SCENARIOS"), "Comma-separated scenarios (default all: "+strings.Join(bench.AllScenarios, ",")+").")
 	quick := flag.Bool("quick", os.Getenv("BENCH_QUICK") == "1", "Short smoke run.")
 	keep := flag.Bool("keep", false, "Keep the scratch directory (logs, JetStream store).")
+	compare := flag.String("compare", os.Getenv("BENCH_COMPARE"), "Git ref whose dispatcher the compare scenario runs against the working tree's.")
 	timeout := flag.Duration("timeout", 40*time.Minute, "Stop the whole run after this long.")
 	render := flag.String("render", "", "Only print the Markdown tables of an existing results JSON file.")
 	flag.Parse()
@@ -53,7 +55,7 @@ func main() {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	if err := run(ctx, *out, *scenarios, *quick, *keep); err != nil {
+	if err := run(ctx, *out, *scenarios, *quick, *keep, *compare); err != nil {
 		fmt.Fprintf(os.Stderr, "bench failed: %v\n", err)
 		os.Exit(1)
 	}
@@ -72,7 +74,7 @@ func renderMarkdown(path string) error {
 	return nil
 }
 
-func run(ctx context.Context, out, scenarios string, quick, keep bool) error {
+func run(ctx context.Context, out, scenarios string, quick, keep bool, compare string) error {
 	var list []string
 	for _, s := range strings.Split(scenarios, ",") {
 		if s = strings.TrimSpace(s); s != "" {
@@ -83,7 +85,7 @@ func run(ctx context.Context, out, scenarios string, quick, keep bool) error {
 	say := func(format string, args ...any) {
 		fmt.Printf("[%6.1fs] "+format+"\n", append([]any{time.Since(began).Seconds()}, args...)...)
 	}
-	res, err := bench.Run(ctx, bench.Config{Scenarios: list, Quick: quick, OutDir: out, Progress: say, KeepDir: keep})
+	res, err := bench.Run(ctx, bench.Config{Scenarios: list, Quick: quick, OutDir: out, Progress: say, KeepDir: keep, CompareRef: compare})
 	if err != nil {
 		return err
 	}
