@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/herald-dev/herald/dispatcher/queue"
 	"github.com/herald-dev/herald/dispatcher/router"
 )
 
@@ -213,8 +214,9 @@ func newRunning(t testing.TB, opts Options) *running {
 }
 
 // testQueue is the Queue of a test: a JetStream connection and fixed
-// queue counts. polls counts the Pending calls: the status writer reads the
-// counts once per pass that polls them, so a test can wait for passes.
+// queue counts for every endpoint. polls counts the Counts calls: the
+// status writer reads the counts once per pass that polls them, so a test
+// can wait for passes.
 type testQueue struct {
 	js            jetstream.JetStream
 	pending, dead uint64
@@ -223,12 +225,13 @@ type testQueue struct {
 }
 
 func (q *testQueue) JetStream() jetstream.JetStream { return q.js }
-func (q *testQueue) Pending(context.Context, string, string) (uint64, error) {
+func (q *testQueue) Counts(_ context.Context, endpoints []queue.EndpointKey) (map[queue.EndpointKey]queue.EndpointCounts, error) {
 	q.polls.Add(1)
-	return q.pending, nil
-}
-func (q *testQueue) DeadLetterCount(context.Context, string, string) (uint64, error) {
-	return q.dead, nil
+	out := make(map[queue.EndpointKey]queue.EndpointCounts, len(endpoints))
+	for _, k := range endpoints {
+		out[k] = queue.EndpointCounts{Pending: q.pending, DeadLettered: q.dead}
+	}
+	return out, nil
 }
 func (q *testQueue) OldestPending(context.Context, string, string) (time.Time, bool, error) {
 	return q.oldest, !q.oldest.IsZero(), nil

@@ -46,6 +46,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/herald-dev/herald/dispatcher/catalog"
+	"github.com/herald-dev/herald/dispatcher/queue"
 )
 
 // Defaults for zero Options fields.
@@ -75,8 +76,9 @@ type EndpointLister interface {
 // since JetStream counts them).
 type Queue interface {
 	JetStream() jetstream.JetStream
-	Pending(ctx context.Context, namespace, endpoint string) (uint64, error)
-	DeadLetterCount(ctx context.Context, namespace, endpoint string) (uint64, error)
+	// Counts are the endpoints' pending and dead-lettered deliveries, read
+	// together whatever their number.
+	Counts(ctx context.Context, endpoints []queue.EndpointKey) (map[queue.EndpointKey]queue.EndpointCounts, error)
 	// OldestPending is when the oldest queued delivery was stored (false:
 	// none is queued), for herald_endpoint_oldest_pending_age_seconds.
 	OldestPending(ctx context.Context, namespace, endpoint string) (time.Time, bool, error)

@@ -18,6 +18,7 @@ import (
 
 	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/dispatcher/catalog"
+	"github.com/herald-dev/herald/dispatcher/queue"
 )
 
 // FieldOwner is the dispatcher's server-side apply field manager. It owns
@@ -186,7 +187,18 @@ func (r *Reporter) catalogEndpoints() map[objectKey]*catalog.Endpoint {
 // pollQueueStats refreshes pending and dead-lettered counts and the gauges;
 // endpoints whose counts changed get their status rewritten.
 func (r *Reporter) pollQueueStats(ctx context.Context, endpoints map[objectKey]*catalog.Endpoint) {
-	if r.stats == nil {
+	if r.stats == nil || len(endpoints) == 0 {
+		return
+	}
+	keys := make([]queue.EndpointKey, 0, len(endpoints))
+	for k := range endpoints {
+		keys = append(keys, queue.EndpointKey{Namespace: k.namespace, Name: k.name})
+	}
+	opCtx, cancel := r.opContext(ctx)
+	counts, err := r.stats.Counts(opCtx, keys)
+	cancel()
+	if err != nil {
+		r.log.V(1).Info("Reading queue counts failed; keeping the previous ones", "endpoints", len(keys), "error", err.Error())
 		return
 	}
 	var (
@@ -196,43 +208,40 @@ func (r *Reporter) pollQueueStats(ctx context.Context, endpoints map[objectKey]*
 		failed  int
 		lastErr error
 	)
+	// The age of the oldest pending delivery is one request per endpoint
+	// with deliveries pending; the others have none.
 	sem := make(chan struct{}, statsConcurrency)
 	for k := range endpoints {
+		c := counts[queue.EndpointKey{Namespace: k.namespace, Name: k.name}]
+		st := queueStats{Pending: int64(c.Pending), DeadLettered: int64(c.DeadLettered)}
+		if r.writer.queueStats[k] != st {
+			r.writer.queueStats[k] = st
+			changed = append(changed, k)
+		}
+		r.metrics.setEndpoint(k, st)
+		if c.Pending == 0 {
+			r.metrics.setOldestPending(k, time.Time{}, time.Now())
+			continue
+		}
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
 			opCtx, cancel := r.opContext(ctx)
 			defer cancel()
-			pending, err := r.stats.Pending(opCtx, k.namespace, k.name)
-			var (
-				dead   uint64
-				oldest time.Time
-			)
-			if err == nil {
-				dead, err = r.stats.DeadLetterCount(opCtx, k.namespace, k.name)
-			}
-			if err == nil && pending > 0 {
-				oldest, _, err = r.stats.OldestPending(opCtx, k.namespace, k.name)
-			}
+			oldest, _, err := r.stats.OldestPending(opCtx, k.namespace, k.name)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
 				failed, lastErr = failed+1, err
 				return
 			}
-			st := queueStats{Pending: int64(pending), DeadLettered: int64(dead)}
-			if r.writer.queueStats[k] != st {
-				r.writer.queueStats[k] = st
-				changed = append(changed, k)
-			}
-			r.metrics.setEndpoint(k, st)
 			r.metrics.setOldestPending(k, oldest, time.Now())
 		})
 	}
 	wg.Wait()
 	r.markDirty(changed...)
 	if failed > 0 {
-		r.log.V(1).Info("Reading queue counts failed; keeping the previous ones", "endpoints", failed, "error", lastErr.Error())
+		r.log.V(1).Info("Reading the oldest pending deliveries failed; keeping the previous ages", "endpoints", failed, "error", lastErr.Error())
 	}
 }
 

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"maps"
 	"fmt"
 	"testing"
 	"time"
@@ -131,6 +132,22 @@ func mustPending(t testing.TB, ctx context.Context, q *Queue, namespace, endpoin
 	}
 	if got != want {
 		t.Fatalf("Pending(%s/%s) = %d, want %d", namespace, endpoint, got, want)
+	}
+}
+
+// mustCounts checks Counts for want's endpoints.
+func mustCounts(t testing.TB, ctx context.Context, q *Queue, want map[EndpointKey]EndpointCounts) {
+	t.Helper()
+	keys := make([]EndpointKey, 0, len(want))
+	for k := range want {
+		keys = append(keys, k)
+	}
+	got, err := q.Counts(ctx, keys)
+	if err != nil {
+		t.Fatalf("Counts: %v", err)
+	}
+	if !maps.Equal(got, want) {
+		t.Fatalf("Counts = %v, want %v", got, want)
 	}
 }
 

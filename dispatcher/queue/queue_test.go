@@ -377,6 +377,11 @@ func TestPendingCountsPerEndpoint(t *testing.T) {
 		t.Fatalf("Consumer.Pending = %d, %v; want 4", got, err)
 	}
 	mustPending(t, ctx, q, "ns", "quiet", 2)
+	// The counts of all endpoints at once agree with the per-endpoint ones,
+	// in flight and waiting for a retry included.
+	mustCounts(t, ctx, q, map[EndpointKey]EndpointCounts{
+		{"ns", "busy"}: {Pending: 4}, {"ns", "quiet"}: {Pending: 2}, {"ns", "none"}: {},
+	})
 }
 
 func TestDeadLetterAndReplay(t *testing.T) {
@@ -432,6 +437,9 @@ func TestDeadLetterAndReplay(t *testing.T) {
 	mustDeadLetterCount(t, ctx, q, "ns", "ep", 0)
 	mustDeadLetterCount(t, ctx, q, "ns", "other", 1)
 	mustPending(t, ctx, q, "ns", "ep", 2)
+	mustCounts(t, ctx, q, map[EndpointKey]EndpointCounts{
+		{"ns", "ep"}: {Pending: 2}, {"ns", "other"}: {DeadLettered: 1}, {"other-ns", "ep"}: {},
+	})
 
 	replayed := fetchN(t, ctx, c, 2, 10*time.Second)
 	slices.SortFunc(replayed, func(a, b *Message) int { return int(a.Sequence) - int(b.Sequence) })
