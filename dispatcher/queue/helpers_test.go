@@ -2,8 +2,8 @@ package queue
 
 import (
 	"context"
-	"maps"
 	"fmt"
+	"maps"
 	"testing"
 	"time"
 
