@@ -131,9 +131,9 @@ func (r *Runner) sayStep(s StepResult) {
 	if !s.Pass {
 		verdict = "FAIL: " + s.Why
 	}
-	r.say("  %-22s accepted %7.0f/s delivered %7.0f/s (ratio %.3f) p50 %6.1f ms p99 %7.1f ms p99.9 %7.1f ms cpu %.3f s/1000 dispatcher %.2f cores harness %.2f cores machine %.2f busy, cpu pressure %.0f%% io %.0f%% dup %d missing %d — %s",
+	r.say("  %-22s accepted %7.0f/s delivered %7.0f/s (ratio %.3f) p50 %6.1f ms p99 %7.1f ms p99.9 %7.1f ms cpu %.3f s/1000 dispatcher %.2f cores harness %.2f cores manager %.2f cores machine %.2f busy, cpu pressure %.0f%% io %.0f%% dup %d missing %d — %s",
 		s.Name, s.AcceptedPerSec, s.DeliveredPerSec, s.Ratio, s.Latency.P50, s.Latency.P99, s.Latency.P999, s.CPUPer1000,
-		s.DispatcherCores, s.HarnessCores, s.MachineBusyCores, 100*s.CPUPressure, 100*s.IOPressure, s.Ledger.Duplicates, s.Ledger.Missing, verdict)
+		s.DispatcherCores, s.HarnessCores, s.ManagerCores, s.MachineBusyCores, 100*s.CPUPressure, 100*s.IOPressure, s.Ledger.Duplicates, s.Ledger.Missing, verdict)
 }
 
 func (r *Runner) newRun() int {
@@ -144,6 +144,14 @@ func (r *Runner) newRun() int {
 }
 
 func (r *Runner) dispatcherPID() int { return r.h.Dispatcher.PID() }
+
+// managerPID is the manager's process id, 0 when it is not running.
+func (r *Runner) managerPID() int {
+	if r.h.Manager == nil || r.h.Manager.Exited() {
+		return 0
+	}
+	return r.h.Manager.PID()
+}
 
 func selfPID() int { return os.Getpid() }
 
@@ -493,23 +501,12 @@ func (r *Runner) goroutines(ctx context.Context) (int, error) {
 // deliveryEndpoints reads herald_delivery_endpoints from the dispatcher:
 // the endpoints with a delivery loop (active) and without (idle).
 func (r *Runner) deliveryEndpoints(ctx context.Context) (active, idle int, err error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.pprofURL+"/metrics", nil)
-	if err != nil {
-		return 0, 0, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	body, err := io.ReadAll(resp.Body)
+	body, err := r.metrics(ctx)
 	if err != nil {
 		return 0, 0, err
 	}
 	found := 0
-	for line := range strings.Lines(string(body)) {
+	for line := range strings.Lines(body) {
 		for state, dst := range map[string]*int{"active": &active, "idle": &idle} {
 			value, ok := strings.CutPrefix(line, `herald_delivery_endpoints{state="`+state+`"} `)
 			if !ok {
@@ -527,6 +524,49 @@ func (r *Runner) deliveryEndpoints(ctx context.Context) (active, idle int, err e
 		return 0, 0, fmt.Errorf("the dispatcher's metrics have no herald_delivery_endpoints gauges")
 	}
 	return active, idle, nil
+}
+
+// metricSum is the sum of every series of the dispatcher's metric name.
+func (r *Runner) metricSum(ctx context.Context, name string) (float64, error) {
+	body, err := r.metrics(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var sum float64
+	for line := range strings.Lines(body) {
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok || (rest[0] != '{' && rest[0] != ' ') {
+			continue
+		}
+		fields := strings.Fields(rest[strings.LastIndexByte(rest, '}')+1:])
+		if len(fields) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(fields[0], 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", name, err)
+		}
+		sum += v
+	}
+	return sum, nil
+}
+
+// metrics is the dispatcher's Prometheus exposition, from the benchmark
+// build's loopback listener.
+func (r *Runner) metrics(ctx context.Context) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.pprofURL+"/metrics", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, err := io.ReadAll(resp.Body)
+	return string(body), err
 }
 
 // namespace creates a namespace and a publisher for it whose ServiceAccount

@@ -492,14 +492,19 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 		}
 		sleepCtx(ctx, time.Second)
 	}
+	// New endpoints get their first status written, within the status
+	// writer's budget: idle means after that too.
+	if err := r.statusWritesSettled(ctx); err != nil {
+		return err
+	}
+	if res.RSSEndpoints, err = r.settledRSS(ctx); err != nil {
+		return err
+	}
 	if res.IdleCores, err = r.idleCores(ctx); err != nil {
 		return err
 	}
 	if _, err := r.cpuProfile(ctx, "endpoints-idle", int(r.p.idleCPU.Seconds())); err != nil {
 		r.say("idle CPU profile failed: %v", err)
-	}
-	if res.RSSEndpoints, err = r.settledRSS(ctx); err != nil {
-		return err
 	}
 	res.RSSPerEndpoint = float64(res.RSSEndpoints-res.RSSBefore) / float64(n)
 	res.GoroutinesIdle, _ = r.goroutines(ctx)
@@ -516,6 +521,31 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 		mib(res.RSSBefore), mib(res.RSSEndpoints), n, res.RSSPerEndpoint/1024, res.GoroutinesIdle, res.IdleCores)
 
 	return nil
+}
+
+// statusWritesSettled waits until the dispatcher's status writes
+// (herald_health_status_writes_total) stop for two readings 5 s apart, or
+// 3 minutes pass.
+func (r *Runner) statusWritesSettled(ctx context.Context) error {
+	deadline := time.Now().Add(3 * time.Minute)
+	last, still := -1.0, 0
+	for still < 2 && time.Now().Before(deadline) && ctx.Err() == nil {
+		n, err := r.metricSum(ctx, "herald_health_status_writes_total")
+		if err != nil {
+			return err
+		}
+		if n == last {
+			still++
+		} else {
+			still = 0
+		}
+		last = n
+		sleepCtx(ctx, 5*time.Second)
+	}
+	if still < 2 {
+		r.say("  status writes still running after 3 minutes; measuring anyway")
+	}
+	return ctx.Err()
 }
 
 // idleCores is the dispatcher's CPU use, in cores, over the idle-CPU

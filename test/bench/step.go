@@ -64,6 +64,10 @@ type StepResult struct {
 	CPUPer1000      float64 `json:"dispatcherCpuSecondsPer1000Deliveries"`
 	DispatcherCores float64 `json:"dispatcherCores"`
 	HarnessCores    float64 `json:"harnessCores"`
+	// ManagerCores is the manager process's; what the machine's busy
+	// cores leave after the dispatcher, the harness and the manager is
+	// mostly etcd and kube-apiserver.
+	ManagerCores float64 `json:"managerCores"`
 	// MachineBusyCores is the CPU use of the whole machine over the step,
 	// every process included (other engineers' work on a shared machine).
 	MachineBusyCores float64 `json:"machineBusyCores"`
@@ -86,16 +90,19 @@ type StepResult struct {
 
 // resourceSample is what runStep reads from /proc at each end of a step.
 type resourceSample struct {
-	dispatcher, harness ProcSample
-	dispatcherErr       error
-	machine             MachineCPU
-	cpuPSI, ioPSI       time.Duration
+	dispatcher, harness, manager ProcSample
+	dispatcherErr                error
+	machine                      MachineCPU
+	cpuPSI, ioPSI                time.Duration
 }
 
-func takeResourceSample(pid int) resourceSample {
+func takeResourceSample(pid, managerPID int) resourceSample {
 	var s resourceSample
 	s.dispatcher, s.dispatcherErr = ReadProc(pid)
 	s.harness, _ = ReadProc(selfPID())
+	if managerPID > 0 {
+		s.manager, _ = ReadProc(managerPID)
+	}
 	s.machine, _ = ReadMachineCPU()
 	s.cpuPSI, _ = ReadPressure("cpu")
 	s.ioPSI, _ = ReadPressure("io")
@@ -119,6 +126,7 @@ func (res *StepResult) measure(before, after resourceSample, secs float64) {
 		res.IOPressure = (after.ioPSI - before.ioPSI).Seconds() / secs
 	}
 	res.HarnessCores = (after.harness.CPU - before.harness.CPU).Seconds() / secs
+	res.ManagerCores = (after.manager.CPU - before.manager.CPU).Seconds() / secs
 }
 
 // kneeP99 is the latency bound of the knee criterion.
@@ -134,7 +142,7 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepResult, error)
 
 	pid := r.dispatcherPID()
 	_ = ResetPeakRSS(pid)
-	before := takeResourceSample(pid)
+	before := takeResourceSample(pid, r.managerPID())
 	if before.dispatcherErr != nil {
 		return res, fmt.Errorf("read dispatcher /proc: %w", before.dispatcherErr)
 	}
@@ -205,7 +213,7 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepResult, error)
 	}
 
 	if r.dispatcherPID() == pid {
-		res.measure(before, takeResourceSample(pid), (drained - start).Seconds())
+		res.measure(before, takeResourceSample(pid, r.managerPID()), (drained - start).Seconds())
 	}
 
 	s := l.Settle()
