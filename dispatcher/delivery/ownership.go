@@ -150,7 +150,7 @@ func (w *worker) own(ctx context.Context) (bool, error) {
 		}
 		w.lastHolder = holder
 		w.notOwnerUntil.Store(time.Now().Add(w.holdFor).UnixNano())
-		w.log.V(2).Info("Another replica delivers to the endpoint", "owner", holder)
+		w.logger().V(2).Info("Another replica delivers to the endpoint", "owner", holder)
 		return false, nil
 	}
 	w.lastHolder = ""
@@ -158,7 +158,7 @@ func (w *worker) own(ctx context.Context) (bool, error) {
 	w.lease = l
 	w.mu.Unlock()
 	o.add(w, l)
-	w.log.V(1).Info("Took over delivery to the endpoint")
+	w.logger().V(1).Info("Took over delivery to the endpoint")
 	return true, nil
 }
 
@@ -207,7 +207,7 @@ func (w *worker) releaseLease(ctx context.Context) bool {
 		return false
 	}
 	if err := o.owners.Release(ctx, l); err != nil {
-		w.log.Error(err, "Releasing the endpoint lease failed; it expires by itself")
+		w.logger().Error(err, "Releasing the endpoint lease failed; it expires by itself")
 	}
 	return true
 }
