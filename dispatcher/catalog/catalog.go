@@ -1,11 +1,14 @@
 package catalog
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -128,7 +131,10 @@ func (c *Catalog) Endpoint(namespace, name string) (*Endpoint, bool) {
 	return e, ok
 }
 
-// Endpoints returns every Ready endpoint, sorted by key.
+// Endpoints returns every Ready endpoint, sorted by namespace, then name.
+// The health reporter calls it every few seconds, so the order is decided
+// without building the keys: with 1,000 endpoints that was 20,000 strings
+// a call, most of an idle dispatcher's CPU.
 func (c *Catalog) Endpoints() []*Endpoint {
 	c.mu.RLock()
 	out := make([]*Endpoint, 0, len(c.endpoints))
@@ -136,7 +142,9 @@ func (c *Catalog) Endpoints() []*Endpoint {
 		out = append(out, e)
 	}
 	c.mu.RUnlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
+	slices.SortFunc(out, func(a, b *Endpoint) int {
+		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
+	})
 	return out
 }
 

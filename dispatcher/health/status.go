@@ -172,11 +172,12 @@ func (r *Reporter) writeStatuses(ctx context.Context) {
 }
 
 func (r *Reporter) catalogEndpoints() map[objectKey]*catalog.Endpoint {
-	out := make(map[objectKey]*catalog.Endpoint)
 	if r.endpoints == nil {
-		return out
+		return map[objectKey]*catalog.Endpoint{}
 	}
-	for _, ep := range r.endpoints.Endpoints() {
+	list := r.endpoints.Endpoints()
+	out := make(map[objectKey]*catalog.Endpoint, len(list))
+	for _, ep := range list {
 		if ep != nil {
 			out[endpointKey(ep.Namespace, ep.Name)] = ep
 		}
