@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"sync/atomic"
@@ -206,6 +207,10 @@ type Settlement struct {
 	// Latencies are the first-reception latencies of the delivered pairs,
 	// measured from each event's scheduled send time.
 	Latency LatencySummary `json:"latency"`
+	// WorstWindows are the 100 ms windows of scheduled time whose deliveries
+	// were slowest, slowest first (at most three): whether the tail comes
+	// from a few stalls or from everywhere.
+	WorstWindows []LatencyWindow `json:"worstWindows,omitempty"`
 	// LastArrival and LastAck are ns since the clock's origin.
 	LastArrival time.Duration `json:"-"`
 	LastAck     time.Duration `json:"-"`
@@ -216,6 +221,7 @@ type Settlement struct {
 func (l *Ledger) Settle() Settlement {
 	s := Settlement{Scheduled: l.events}
 	latencies := make([]time.Duration, 0, int(l.acked.Load())*l.slotsPerEvent)
+	windows := map[int64]*LatencyWindow{}
 	firstSeen := 0
 	for seq := range l.events {
 		state := l.state[seq].Load()
@@ -248,7 +254,15 @@ func (l *Ledger) Settle() Settlement {
 				continue
 			}
 			s.Delivered++
-			latencies = append(latencies, time.Duration(l.first[i].Load()-l.scheduled[seq]))
+			lat := time.Duration(l.first[i].Load() - l.scheduled[seq])
+			latencies = append(latencies, lat)
+			w := windows[l.scheduled[seq]/int64(latencyWindow)]
+			if w == nil {
+				w = &LatencyWindow{AtMs: float64(l.scheduled[seq]/int64(latencyWindow)*int64(latencyWindow)-l.scheduled[0]) / 1e6}
+				windows[l.scheduled[seq]/int64(latencyWindow)] = w
+			}
+			w.Deliveries++
+			w.MaxMs = max(w.MaxMs, float64(lat)/1e6)
 		}
 	}
 	s.Unexpected = int(l.unexpected.Load())
@@ -268,9 +282,25 @@ func (l *Ledger) Settle() Settlement {
 		s.Void = fmt.Sprintf("ingest rejected %d events (4xx): the harness sent something wrong", s.Rejected)
 	}
 	s.Latency = Summarize(latencies)
+	for _, w := range windows {
+		s.WorstWindows = append(s.WorstWindows, *w)
+	}
+	slices.SortFunc(s.WorstWindows, func(a, b LatencyWindow) int { return cmp.Compare(b.MaxMs, a.MaxMs) })
+	s.WorstWindows = s.WorstWindows[:min(3, len(s.WorstWindows))]
 	s.LastArrival = time.Duration(l.lastArrival.Load())
 	s.LastAck = time.Duration(l.lastAck.Load())
 	return s
+}
+
+// latencyWindow is the width of Settlement.WorstWindows' windows.
+const latencyWindow = 100 * time.Millisecond
+
+// LatencyWindow is the slowest delivery of the events scheduled in one
+// window, AtMs after the run's first event.
+type LatencyWindow struct {
+	AtMs       float64 `json:"atMs"`
+	MaxMs      float64 `json:"maxMs"`
+	Deliveries int     `json:"deliveries"`
 }
 
 // MissingEvents returns the acknowledged events with at least one

@@ -81,6 +81,11 @@ func TestLedgerBalancesFanOut(t *testing.T) {
 	if s.Latency.Count != 3 || s.Latency.P50 != 10 || s.Latency.Max != 20 {
 		t.Errorf("latency = %+v, want 3 samples 5/10/20 ms measured from the schedule", s.Latency)
 	}
+	// Event 0's two deliveries in the window at 0 s (the slower 20 ms),
+	// event 1's in the window at 1 s.
+	if w := s.WorstWindows; len(w) != 2 || w[0] != (LatencyWindow{AtMs: 0, MaxMs: 20, Deliveries: 2}) || w[1] != (LatencyWindow{AtMs: 1000, MaxMs: 5, Deliveries: 1}) {
+		t.Errorf("worst windows = %+v, want 20 ms at 0 s (2 deliveries), then 5 ms at 1 s", w)
+	}
 	if s.LastArrival != 2*time.Second+time.Millisecond || s.LastAck != 4*time.Second {
 		t.Errorf("last arrival %v, last ack %v", s.LastArrival, s.LastAck)
 	}

@@ -131,6 +131,13 @@ func (r *Runner) sayStep(s StepResult) {
 	if !s.Pass {
 		verdict = "FAIL: " + s.Why
 	}
+	var worst []string
+	for _, w := range s.Ledger.WorstWindows {
+		worst = append(worst, fmt.Sprintf("%.0f ms at %.1f s", w.MaxMs, w.AtMs/1000))
+	}
+	if len(worst) > 0 {
+		verdict += "; slowest 100 ms windows: " + strings.Join(worst, ", ")
+	}
 	r.say("  %-22s accepted %7.0f/s delivered %7.0f/s (ratio %.3f) p50 %6.1f ms p99 %7.1f ms p99.9 %7.1f ms cpu %.3f s/1000 dispatcher %.2f cores harness %.2f cores manager %.2f cores machine %.2f busy, cpu pressure %.0f%% io %.0f%% dup %d missing %d — %s",
 		s.Name, s.AcceptedPerSec, s.DeliveredPerSec, s.Ratio, s.Latency.P50, s.Latency.P99, s.Latency.P999, s.CPUPer1000,
 		s.DispatcherCores, s.HarnessCores, s.ManagerCores, s.MachineBusyCores, 100*s.CPUPressure, 100*s.IOPressure, s.Ledger.Duplicates, s.Ledger.Missing, verdict)
