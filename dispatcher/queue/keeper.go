@@ -51,16 +51,25 @@ type keeper struct {
 
 type keepers struct {
 	byStream map[string]*keeper
-	stop     context.CancelFunc
-	done     sync.WaitGroup
+	// asleep is set while the loop waits for a write instead of ticking;
+	// the first write after it wakes the loop through kick.
+	asleep atomic.Bool
+	kick   chan struct{}
+	stop   context.CancelFunc
+	done   sync.WaitGroup
 }
 
 // startKeepers starts maintaining the keepers of the work-queue streams.
+// The loop ticks while the streams receive messages and sleeps, costing an
+// idle dispatcher nothing, when a tick finds nothing written.
 func (q *Queue) startKeepers() {
-	ks := &keepers{byStream: map[string]*keeper{
-		EventsStream:     {name: EventsStream, stream: q.events, subject: eventsKeeperSubject},
-		DeliveriesStream: {name: DeliveriesStream, stream: q.deliveries, subject: deliveriesKeeperSubject},
-	}}
+	ks := &keepers{
+		byStream: map[string]*keeper{
+			EventsStream:     {name: EventsStream, stream: q.events, subject: eventsKeeperSubject},
+			DeliveriesStream: {name: DeliveriesStream, stream: q.deliveries, subject: deliveriesKeeperSubject},
+		},
+		kick: make(chan struct{}, 1),
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ks.stop = cancel
 	ks.done.Go(func() {
@@ -72,12 +81,38 @@ func (q *Queue) startKeepers() {
 				return
 			case <-tick.C:
 			}
+			wrote := false
 			for _, k := range ks.byStream {
-				q.keep(ctx, k)
+				wrote = q.keep(ctx, k) || wrote
 			}
+			if wrote {
+				continue
+			}
+			ks.asleep.Store(true)
+			if ks.moved() { // a write between the tick and falling asleep
+				ks.asleep.Store(false)
+				continue
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-ks.kick:
+			}
+			tick.Reset(keeperInterval)
 		}
 	})
 	q.keepers = ks
+}
+
+// moved reports whether any stream was written since its keeper's last
+// look.
+func (ks *keepers) moved() bool {
+	for _, k := range ks.byStream {
+		if k.written.Load() != k.seen {
+			return true
+		}
+	}
+	return false
 }
 
 // stopKeepers stops the keeper loop; the keepers stored stay.
@@ -89,30 +124,39 @@ func (q *Queue) stopKeepers() {
 	q.keepers.done.Wait()
 }
 
-// wrote records that a message was published to stream.
+// wrote records that a message was published to stream, and wakes the
+// keeper loop if it sleeps.
 func (q *Queue) wrote(stream string) {
-	if q.keepers == nil {
+	ks := q.keepers
+	if ks == nil {
 		return
 	}
-	if k := q.keepers.byStream[stream]; k != nil {
+	if k := ks.byStream[stream]; k != nil {
 		k.written.Add(1)
+	}
+	if ks.asleep.Load() && ks.asleep.CompareAndSwap(true, false) {
+		select {
+		case ks.kick <- struct{}{}:
+		default:
+		}
 	}
 }
 
 // keep stores a new keeper in k's stream and deletes the previous one, if
-// the stream received messages since the last call. Failures only cost the
-// optimisation, so they are logged at debug level and retried next tick.
-func (q *Queue) keep(ctx context.Context, k *keeper) {
+// the stream received messages since the last call, and reports whether it
+// had. Failures only cost the optimisation, so they are logged at debug
+// level and retried next tick.
+func (q *Queue) keep(ctx context.Context, k *keeper) bool {
 	written := k.written.Load()
 	if written == k.seen {
-		return
+		return false
 	}
 	ctx, cancel := context.WithTimeout(ctx, q.cfg.PublishTimeout)
 	defer cancel()
 	ack, err := q.js.Publish(ctx, k.subject, nil, jetstream.WithExpectStream(k.name))
 	if err != nil {
 		q.log.V(1).Info("Storing a keeper message failed", "subject", k.subject, "error", err.Error())
-		return
+		return true
 	}
 	k.seen = written
 	if k.last == 0 {
@@ -124,7 +168,8 @@ func (q *Queue) keep(ctx context.Context, k *keeper) {
 	if err != nil {
 		q.log.V(1).Info("Deleting an earlier keeper message failed", "subject", k.subject, "error", err.Error())
 		k.last = 0 // purge next time
-		return
+		return true
 	}
 	k.last = ack.Sequence
+	return true
 }

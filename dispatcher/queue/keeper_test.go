@@ -133,3 +133,40 @@ func lastBlockIndex(t *testing.T, dir, stream string) int {
 	}
 	return last
 }
+
+// TestKeeperSleepsWhileIdleAndWakesOnAWrite: an idle dispatcher's keeper
+// loop stops ticking, and the next message published wakes it and gets a
+// keeper stored behind it.
+func TestKeeperSleepsWhileIdleAndWakesOnAWrite(t *testing.T) {
+	q := openEmbedded(t, t.TempDir())
+	ctx := testContext(t)
+	publishEvent(t, ctx, q, "e1")
+	waitKeepers(t, ctx, q.events, eventsKeeperSubject, 1)
+	first := keeperSequence(t, ctx, q.events, eventsKeeperSubject)
+	deadline := time.Now().Add(5 * time.Second)
+	for !q.keepers.asleep.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("the keeper loop still ticks 5s after the last write")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	publishEvent(t, ctx, q, "e2")
+	deadline = time.Now().Add(5 * time.Second)
+	for keeperSequence(t, ctx, q.events, eventsKeeperSubject) == first {
+		if time.Now().After(deadline) {
+			t.Fatal("no new keeper within 5s of a write to a sleeping keeper loop")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitKeepers(t, ctx, q.events, eventsKeeperSubject, 1)
+}
+
+// keeperSequence is the stream sequence of the keeper stored on subject.
+func keeperSequence(t *testing.T, ctx context.Context, stream jetstream.Stream, subject string) uint64 {
+	t.Helper()
+	msg, err := stream.GetLastMsgForSubject(ctx, subject)
+	if err != nil {
+		t.Fatalf("last keeper on %s: %v", subject, err)
+	}
+	return msg.Sequence
+}
