@@ -258,7 +258,7 @@ func (l *Ledger) Settle() Settlement {
 			latencies = append(latencies, lat)
 			w := windows[l.scheduled[seq]/int64(latencyWindow)]
 			if w == nil {
-				w = &LatencyWindow{AtMs: float64(l.scheduled[seq]/int64(latencyWindow)*int64(latencyWindow)-l.scheduled[0]) / 1e6}
+				w = &LatencyWindow{AtMs: float64((l.scheduled[seq]/int64(latencyWindow)-l.scheduled[0]/int64(latencyWindow))*int64(latencyWindow)) / 1e6}
 				windows[l.scheduled[seq]/int64(latencyWindow)] = w
 			}
 			w.Deliveries++
