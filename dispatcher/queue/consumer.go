@@ -331,10 +331,11 @@ func (m *Message) Ack(ctx context.Context) error {
 // the message comes back after AckWait, where a fan-out is de-duplicated
 // (the duplicate window outlasts the events' AckWait) and a delivery is
 // attempted again with the same webhook-id, which at-least-once allows.
-// An acknowledgement is lost only with the connection to the server, and
-// a confirmed one would not survive that either: the attempt's outcome is
-// then unknown to the client in both cases. Use Ack where the caller's
-// next step relies on the message being gone.
+// An acknowledgement is lost only with the connection to the server, or
+// when the embedded server shuts down with it still queued for its
+// consumer (a stop right after the last attempts); a confirmed one would
+// not survive a lost connection either. Use Ack where the caller's next
+// step relies on the message being gone.
 func (m *Message) AckNoWait() error {
 	if err := m.msg.Ack(); err != nil {
 		return fmt.Errorf("ack message %d on %s: %w", m.Sequence, m.Subject, err)
