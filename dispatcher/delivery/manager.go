@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 	"k8s.io/utils/clock"
 
 	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
@@ -451,6 +452,7 @@ func (m *Manager) Stop(ctx context.Context) error {
 		err = fmt.Errorf("stop delivery: attempts still in flight: %w", ctx.Err())
 	}
 	m.cancelAttempts()
+	m.confirmAcknowledged(loops)
 	if m.ownership != nil {
 		// Other replicas take the endpoints over now rather than after
 		// the leases expire.
@@ -461,6 +463,36 @@ func (m *Manager) Stop(ctx context.Context) error {
 	}
 	return err
 }
+
+// confirmAcknowledged waits until the server has processed the workers'
+// acknowledgements, which are not confirmed one by one
+// (queue.Message.AckNoWait): the embedded server stops next, and one still
+// queued for its consumer would bring its delivery back as a duplicate
+// after the restart. One confirmed request per endpoint with deliveries
+// acknowledged covers them all, since a consumer processes its
+// acknowledgements in order.
+func (m *Manager) confirmAcknowledged(workers []*worker) {
+	ctx, cancel := context.WithTimeout(context.Background(), finishTimeout)
+	defer cancel()
+	var g errgroup.Group
+	g.SetLimit(confirmConcurrency)
+	for _, w := range workers {
+		last := w.lastAcked.Load()
+		if last == nil {
+			continue
+		}
+		g.Go(func() error {
+			if err := last.ConfirmAcknowledged(ctx); err != nil {
+				w.logger().Error(err, "Confirming the last acknowledgements failed; their deliveries may be sent again after a restart, with the same webhook-id")
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+}
+
+// confirmConcurrency bounds the confirmations in flight at Stop.
+const confirmConcurrency = 16
 
 // workerConfig is an endpoint's immutable delivery configuration.
 type workerConfig struct {

@@ -638,7 +638,10 @@ func TestManagerStop(t *testing.T) {
 		if n := countSuccess(out.of("shop/orders")); n != 1 {
 			t.Errorf("%d successes reported before Stop returned", n)
 		}
-		settledPending(t, q, "shop", "orders", 0)
+		// Stop confirmed the acknowledgements before returning: no waiting.
+		if n := pending(t, q, "shop", "orders"); n != 0 {
+			t.Errorf("pending = %d after Stop", n)
+		}
 		// Sync after Stop starts nothing.
 		m.Sync([]*catalog.Endpoint{testEndpoint("shop", "orders", rc.URL)})
 		if r := m.Running(); len(r) != 0 {

@@ -52,6 +52,11 @@ type worker struct {
 	// how long wakes are left to it (used by the loop's goroutine only).
 	lastHolder string
 	holdFor    time.Duration
+
+	// lastAcked is the delivery acknowledged last while the endpoint's
+	// consumer exists; Manager.Stop confirms the acknowledgements up to it
+	// (queue.Message.ConfirmAcknowledged).
+	lastAcked atomic.Pointer[queue.Message]
 }
 
 func newWorker(m *Manager, ep *catalog.Endpoint, cfg *workerConfig) *worker {
@@ -376,6 +381,8 @@ func (w *worker) releaseIfIdle() (bool, error) {
 	if err := w.m.queue.ReleaseDeliveryConsumer(ctx, w.namespace, w.name); err != nil {
 		return false, err
 	}
+	// Nothing was pending, so every acknowledgement was processed.
+	w.lastAcked.Store(nil)
 	if !w.releaseLease(ctx) {
 		return true, nil
 	}
@@ -481,6 +488,8 @@ func (w *worker) process(cfg *workerConfig, msg *queue.Message, ticket *Ticket) 
 		// webhook-id, which at-least-once allows (see AckNoWait).
 		if err := msg.AckNoWait(); err != nil {
 			w.logger().Error(err, "Acknowledging a delivered message failed", "sequence", msg.Sequence)
+		} else {
+			w.lastAcked.Store(msg)
 		}
 	case actionRetry:
 		o.RetryDelay = d.delay

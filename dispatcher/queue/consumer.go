@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -204,7 +205,7 @@ func (c *Consumer) fetchError(ctx context.Context, err error) error {
 func (c *Consumer) collect(batch jetstream.MessageBatch) ([]*Message, error) {
 	var msgs []*Message
 	for m := range batch.Messages() {
-		msg, err := newMessage(m)
+		msg, err := newMessage(m, c.q.nc)
 		if err != nil {
 			// Not a subject this package publishes to (a foreign client
 			// wrote to a Herald stream): nobody can process it, so take it
@@ -259,10 +260,11 @@ type Message struct {
 	// yet acknowledged): the backlog behind it, for sizing the next Fetch.
 	Pending uint64
 
-	msg jetstream.Msg
+	msg  jetstream.Msg
+	conn *nats.Conn
 }
 
-func newMessage(m jetstream.Msg) (*Message, error) {
+func newMessage(m jetstream.Msg, conn *nats.Conn) (*Message, error) {
 	meta, err := m.Metadata()
 	if err != nil {
 		return nil, fmt.Errorf("message metadata: %w", err)
@@ -283,6 +285,7 @@ func newMessage(m jetstream.Msg) (*Message, error) {
 		Timestamp:    meta.Timestamp,
 		Pending:      meta.NumPending,
 		msg:          m,
+		conn:         conn,
 	}, nil
 }
 
@@ -331,14 +334,33 @@ func (m *Message) Ack(ctx context.Context) error {
 // the message comes back after AckWait, where a fan-out is de-duplicated
 // (the duplicate window outlasts the events' AckWait) and a delivery is
 // attempted again with the same webhook-id, which at-least-once allows.
-// An acknowledgement is lost only with the connection to the server, or
-// when the embedded server shuts down with it still queued for its
-// consumer (a stop right after the last attempts); a confirmed one would
-// not survive a lost connection either. Use Ack where the caller's next
-// step relies on the message being gone.
+// An acknowledgement is lost only with the connection to the server, and a
+// confirmed one would not survive that either. A stage that stops calls
+// ConfirmAcknowledged on its last one, so that stopping the embedded server
+// next cannot drop acknowledgements still queued for their consumer. Use
+// Ack where the caller's next step relies on the message being gone.
 func (m *Message) AckNoWait() error {
 	if err := m.msg.Ack(); err != nil {
 		return fmt.Errorf("ack message %d on %s: %w", m.Sequence, m.Subject, err)
+	}
+	return nil
+}
+
+// ConfirmAcknowledged sends m's acknowledgement again and waits for the
+// server to answer it. A consumer's acknowledgements are processed in the
+// order they arrive, so once it returns every acknowledgement sent before
+// it on this connection for m's consumer has been processed too: a stage
+// that acknowledged with AckNoWait calls it on its last acknowledged
+// message when it stops, so that the server stopping next cannot drop them
+// and bring their messages back as duplicates. m must have been
+// acknowledged already.
+func (m *Message) ConfirmAcknowledged(ctx context.Context) error {
+	_, err := m.conn.RequestWithContext(ctx, m.msg.Reply(), []byte("+ACK"))
+	if errors.Is(err, nats.ErrNoResponders) {
+		return nil // the consumer is gone, and what was queued for it with it
+	}
+	if err != nil {
+		return fmt.Errorf("confirm acknowledgements up to message %d on %s: %w", m.Sequence, m.Subject, err)
 	}
 	return nil
 }

@@ -607,3 +607,36 @@ func TestDeliveriesStreamAllowsManyEndpoints(t *testing.T) {
 		t.Fatalf("deliveries stream MaxConsumers = %d, want %d", info.Config.MaxConsumers, maxDeliveryConsumers)
 	}
 }
+
+// TestConfirmAcknowledgedCoversEarlierAcks: acknowledgements sent without
+// a confirmation are all processed once ConfirmAcknowledged returns on the
+// last of them, and confirming on a consumer that is gone succeeds.
+func TestConfirmAcknowledgedCoversEarlierAcks(t *testing.T) {
+	q := openEmbedded(t, t.TempDir())
+	ctx := testContext(t)
+	const n = 200
+	for i := range n {
+		mustPublishDelivery(t, ctx, q, "ns", "ep", fmt.Sprint("d", i))
+	}
+	c, err := q.DeliveryConsumer(ctx, "ns", "ep", ConsumerOptions{})
+	if err != nil {
+		t.Fatalf("DeliveryConsumer: %v", err)
+	}
+	msgs := fetchN(t, ctx, c, n, 10*time.Second)
+	for _, m := range msgs {
+		if err := m.AckNoWait(); err != nil {
+			t.Fatalf("AckNoWait: %v", err)
+		}
+	}
+	if err := msgs[n-1].ConfirmAcknowledged(ctx); err != nil {
+		t.Fatalf("ConfirmAcknowledged: %v", err)
+	}
+	mustPending(t, ctx, q, "ns", "ep", 0)
+
+	if err := q.ReleaseDeliveryConsumer(ctx, "ns", "ep"); err != nil {
+		t.Fatalf("ReleaseDeliveryConsumer: %v", err)
+	}
+	if err := msgs[0].ConfirmAcknowledged(ctx); err != nil {
+		t.Fatalf("ConfirmAcknowledged on a released consumer: %v", err)
+	}
+}

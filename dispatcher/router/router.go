@@ -35,6 +35,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -189,6 +190,10 @@ type Router struct {
 
 	mu      sync.Mutex
 	indexes map[string]*cachedIndex
+
+	// lastAcked is the event acknowledged last, whose confirmation at stop
+	// covers every acknowledgement before it (see stopped).
+	lastAcked atomic.Pointer[queue.Message]
 }
 
 type cachedIndex struct {
@@ -227,13 +232,14 @@ func (r *Router) Run(ctx context.Context) error {
 			r.processBatch(ctx, msgs)
 		}
 		if ctx.Err() != nil {
-			r.log.Info("Router stopped")
+			r.stopped()
 			return nil
 		}
 		if err != nil {
 			r.log.Error(err, "Fetching events failed", "retryIn", backoff)
 			select {
 			case <-ctx.Done():
+				r.stopped()
 				return nil
 			case <-time.After(backoff):
 			}
@@ -243,6 +249,24 @@ func (r *Router) Run(ctx context.Context) error {
 		backoff = 100 * time.Millisecond
 	}
 }
+
+// stopped waits until the server has processed the router's
+// acknowledgements, which are not confirmed one by one
+// (queue.Message.AckNoWait): stopping the embedded server with some still
+// queued would bring their events back, fanned out again.
+func (r *Router) stopped() {
+	if last := r.lastAcked.Load(); last != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), confirmTimeout)
+		defer cancel()
+		if err := last.ConfirmAcknowledged(ctx); err != nil {
+			r.log.Error(err, "Confirming the last acknowledgements failed; their events may be fanned out again after a restart (deliveries de-duplicated within the duplicate window)")
+		}
+	}
+	r.log.Info("Router stopped")
+}
+
+// confirmTimeout bounds the confirmation of the acknowledgements at stop.
+const confirmTimeout = 5 * time.Second
 
 // processBatch fans out a batch: namespaces in parallel, the events of one
 // namespace as one pipelined group (processGroup). Processing is detached
@@ -340,6 +364,7 @@ func (r *Router) acknowledge(log logr.Logger, m *queue.Message, res FanOutResult
 		log.Error(err, "Acknowledging fanned-out event failed; it will be redelivered and de-duplicated")
 		return
 	}
+	r.lastAcked.Store(m)
 	if len(res.Endpoints) == 0 {
 		result := ResultUnmatched
 		if m.NumDelivered > 1 && r.catalog.InTransition(m.Namespace) {
