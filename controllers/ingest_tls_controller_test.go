@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	apiregistrationv1 "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1"
 	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -233,12 +234,18 @@ func TestDeliveryAPIServiceRegistered(t *testing.T) {
 	}
 	check()
 
-	edited := &apiregistrationv1.APIService{}
-	g.Expect(k8sClient.Get(ctx, client.ObjectKey{Name: DeliveryAPIServiceName}, edited)).To(Succeed())
+	// A user's edit, retried as kubectl edit would be: kube-apiserver's
+	// availability controller writes the APIService's status meanwhile.
 	otherPort := int32(8443)
-	edited.Spec.Service.Port = &otherPort
-	edited.Spec.CABundle = []byte("not the CA")
-	g.Expect(k8sClient.Update(ctx, edited)).To(Succeed())
+	g.Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		edited := &apiregistrationv1.APIService{}
+		if err := k8sClient.Get(ctx, client.ObjectKey{Name: DeliveryAPIServiceName}, edited); err != nil {
+			return err
+		}
+		edited.Spec.Service.Port = &otherPort
+		edited.Spec.CABundle = []byte("not the CA")
+		return k8sClient.Update(ctx, edited)
+	})).To(Succeed())
 	_, err = r.Reconcile(ctx, r.request())
 	g.Expect(err).NotTo(HaveOccurred())
 	check()
