@@ -19,11 +19,11 @@ import (
 // each delivery paid for a file created, written and unlinked: a tenth of
 // the dispatcher's CPU at 1,000 events/s (docs/benchmarks). A keeper is a
 // small message on a subject of the stream that no consumer reads
-// (herald.keep.events, herald.keep.deliveries). While the stream receives messages, a new keeper
-// is stored every keeperInterval and the previous one deleted, so the block
-// being written always holds one and never empties; acknowledged messages
-// are then removed from it in memory. When a block fills up, the next one
-// holds no keeper for at most one interval.
+// (herald.keep.events, herald.keep.deliveries). While the stream receives
+// messages, a new keeper is stored every keeperInterval and the previous
+// one deleted, so the block being written always holds one and never
+// empties; acknowledged messages are then removed from it in memory. When
+// a block fills up, the next one holds no keeper for at most one interval.
 //
 // Keepers are invisible to Herald's consumers and to the per-subject counts
 // (queue depth, pending deliveries); they raise a stream's total message
