@@ -56,16 +56,11 @@ func (r *Runner) compare(ctx context.Context) (*CompareResult, error) {
 		return nil, fmt.Errorf("the compare scenario needs BENCH_COMPARE=<git ref> to build the base dispatcher")
 	}
 	const ns = "bench-compare"
-	pub, err := r.namespace(ctx, ns)
+	pub, typ, err := r.oneEndpoint(ctx, ns, "bench.compare")
 	if err != nil {
 		return nil, err
 	}
-	defs := []*endpointDef{{Name: "sink-0", Behaviour: Healthy, LedgerEndpoint: 0, Types: []string{"bench.compare"}}}
-	if _, err := r.createEndpoints(ctx, ns, defs); err != nil {
-		return nil, err
-	}
 	defer r.cleanup(ctx, ns)
-	typ := constType("bench.compare")
 	res := &CompareResult{Ref: r.cfg.CompareRef}
 	defer func() {
 		// Later scenarios run on the head build again.

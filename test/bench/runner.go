@@ -561,18 +561,7 @@ func (r *Runner) metricSum(ctx context.Context, name string) (float64, error) {
 // metrics is the dispatcher's Prometheus exposition, from the benchmark
 // build's loopback listener.
 func (r *Runner) metrics(ctx context.Context) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.pprofURL+"/metrics", nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	body, err := io.ReadAll(resp.Body)
+	body, err := r.get(ctx, "/metrics")
 	return string(body), err
 }
 

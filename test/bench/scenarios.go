@@ -643,19 +643,29 @@ type SteadyResult struct {
 	Profiled *StepResult `json:"profiled,omitempty"`
 }
 
+// oneEndpoint creates namespace ns with one healthy endpoint subscribed to
+// events of type typ, for fan-out 1 at a fixed rate; the caller cleans ns
+// up.
+func (r *Runner) oneEndpoint(ctx context.Context, ns, typ string) (*Publisher, func(int) string, error) {
+	pub, err := r.namespace(ctx, ns)
+	if err != nil {
+		return nil, nil, err
+	}
+	defs := []*endpointDef{{Name: "sink-0", Behaviour: Healthy, LedgerEndpoint: 0, Types: []string{typ}}}
+	if _, err := r.createEndpoints(ctx, ns, defs); err != nil {
+		return nil, nil, err
+	}
+	return pub, constType(typ), nil
+}
+
 // steady runs fan-out 1 at rate for the latency duration, then again with a
 // CPU profile.
 func (r *Runner) steady(ctx context.Context, ns string, rate float64, profileName string) (*SteadyResult, error) {
-	pub, err := r.namespace(ctx, ns)
+	pub, typ, err := r.oneEndpoint(ctx, ns, "bench.steady")
 	if err != nil {
 		return nil, err
 	}
-	defs := []*endpointDef{{Name: "sink-0", Behaviour: Healthy, LedgerEndpoint: 0, Types: []string{"bench.steady"}}}
-	if _, err := r.createEndpoints(ctx, ns, defs); err != nil {
-		return nil, err
-	}
 	defer r.cleanup(ctx, ns)
-	typ := constType("bench.steady")
 	if err := r.warmUp(ctx, pub, 1, FanOutSlots(1), typ); err != nil {
 		return nil, err
 	}
