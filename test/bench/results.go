@@ -182,7 +182,10 @@ func (res *Results) evaluateTargets() {
 		add("RSS per idle endpoint", "≤ 12 KiB", fmt.Sprintf("%.1f KiB (%d endpoints)", s.RSSPerEndpoint/1024, s.Endpoints), b(s.RSSPerEndpoint <= 12*1024), note)
 		add("dispatcher CPU with 1,000 idle endpoints, no traffic", "≤ 1% of a core", fmt.Sprintf("%.1f%% of a core (%.1f%% with no endpoints)", 100*s.IdleCores, 100*s.FreshIdleCores), b(s.IdleCores <= 0.01), note)
 		met := b(s.SubscriptionsReadySeconds <= 60)
-		if s.Subscriptions != 10000 {
+		switch {
+		case s.Subscriptions == 0:
+			return // the idle scenario creates none
+		case s.Subscriptions != 10000:
 			met = nil
 			note = fmt.Sprintf("%d Subscriptions only (%s)", s.Subscriptions, quickNote)
 		}
@@ -276,17 +279,21 @@ func (res *Results) Markdown() string {
 		p("\n### %d endpoints, %d Subscriptions\n\n", s.Endpoints, s.Subscriptions)
 		p("| Figure | Value |\n| --- | --- |\n")
 		p("| Endpoints created → all Ready | %.1f s |\n", s.EndpointsReadySeconds)
-		p("| Subscriptions created (client, 32 in flight) | %.1f s |\n", s.SubscriptionsCreateSeconds)
-		p("| Subscriptions created → all Ready | %.1f s |\n", s.SubscriptionsReadySeconds)
-		p("| Manager CPU meanwhile | %.2f cores |\n", s.ManagerCoresWhileReconciling)
-		p("| All Ready → dispatcher routes to every endpoint | %.1f s |\n", s.CatalogCatchUpSeconds)
-		p("| Dispatcher CPU from first create until then | %.2f cores |\n", s.DispatcherCoresWhileSubscribing)
+		if s.Subscriptions > 0 {
+			p("| Subscriptions created (client, 32 in flight) | %.1f s |\n", s.SubscriptionsCreateSeconds)
+			p("| Subscriptions created → all Ready | %.1f s |\n", s.SubscriptionsReadySeconds)
+			p("| Manager CPU meanwhile | %.2f cores |\n", s.ManagerCoresWhileReconciling)
+			p("| All Ready → dispatcher routes to every endpoint | %.1f s |\n", s.CatalogCatchUpSeconds)
+			p("| Dispatcher CPU from first create until then | %.2f cores |\n", s.DispatcherCoresWhileSubscribing)
+		}
 		if len(s.EndpointsNudged) > 0 {
 			p("| Ready endpoints the dispatcher never picked up (nudged by the harness) | %s |\n", strings.Join(s.EndpointsNudged, ", "))
 		}
 		p("| Dispatcher RSS fresh / with idle endpoints / with Subscriptions | %.1f / %.1f / %.1f MiB |\n", mib(s.RSSBefore), mib(s.RSSEndpoints), mib(s.RSSSubscriptions))
 		p("| RSS per idle endpoint | %.1f KiB |\n", s.RSSPerEndpoint/1024)
-		p("| RSS per Subscription | %.2f KiB |\n", s.RSSPerSubscription/1024)
+		if s.Subscriptions > 0 {
+			p("| RSS per Subscription | %.2f KiB |\n", s.RSSPerSubscription/1024)
+		}
 		p("| Goroutines fresh / with idle endpoints | %d / %d |\n", s.GoroutinesBefore, s.GoroutinesIdle)
 		p("| Dispatcher CPU while idle, no endpoints / 1,000 idle endpoints | %.3f / %.3f cores |\n", s.FreshIdleCores, s.IdleCores)
 		for _, k := range []string{"HeapInuse", "StackInuse", "HeapIdle", "Sys"} {

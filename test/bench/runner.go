@@ -45,6 +45,11 @@ const (
 // Config.CompareRef and on the working tree's; it runs only when named.
 const ScenarioCompare = "compare"
 
+// ScenarioIdle is the first part of ScenarioEndpoints1000 alone: the idle
+// dispatcher's CPU and memory before and after the endpoints are created,
+// each profiled. It runs only when named (endpoints1000 includes it).
+const ScenarioIdle = "idle"
+
 // AllScenarios is the full run.
 var AllScenarios = []string{ScenarioBaseline, ScenarioSteady, ScenarioFanOut1, ScenarioFanOut1NoLog, ScenarioFanOut10, ScenarioIsolation, ScenarioKill, ScenarioEndpoints1000}
 
@@ -170,7 +175,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if len(scenarios) == 0 {
 		scenarios = AllScenarios
 	}
-	known := append(slices.Clone(AllScenarios), ScenarioCompare)
+	known := append(slices.Clone(AllScenarios), ScenarioCompare, ScenarioIdle)
 	for _, s := range scenarios {
 		if !slices.Contains(known, s) {
 			return nil, fmt.Errorf("unknown scenario %q (known: %s)", s, strings.Join(known, ","))
@@ -216,7 +221,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	r.say("baseline: plain Go client, %d connections: %.0f signed requests/s verified by the sink (p50 %.2f ms, p99 %.2f ms)",
 		bl.Concurrency, bl.PerSecond, bl.Latency.P50, bl.Latency.P99)
 
-	for _, name := range append([]string{ScenarioCompare}, AllScenarios...) {
+	for _, name := range append([]string{ScenarioCompare, ScenarioIdle}, AllScenarios...) {
 		if name == ScenarioBaseline || !slices.Contains(scenarios, name) {
 			continue
 		}
@@ -247,8 +252,10 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 			r.results.Isolation, err = r.isolation(ctx)
 		case ScenarioKill:
 			r.results.Kill, err = r.kill(ctx)
+		case ScenarioIdle:
+			r.results.Endpoints1000, err = r.scale(ctx, false)
 		case ScenarioEndpoints1000:
-			r.results.Endpoints1000, err = r.scale(ctx)
+			r.results.Endpoints1000, err = r.scale(ctx, true)
 		}
 		if err != nil {
 			r.results.Errors = append(r.results.Errors, fmt.Sprintf("%s: %v", name, err))

@@ -383,18 +383,21 @@ type ScaleResult struct {
 	MatchCPUPerEventMs float64 `json:"extraCpuPerEventMs"`
 }
 
-func (r *Runner) scale(ctx context.Context) (*ScaleResult, error) {
+// scale measures the idle endpoints, then, with subscriptions, the
+// Subscriptions and the traffic among them.
+func (r *Runner) scale(ctx context.Context, subscriptions bool) (*ScaleResult, error) {
 	const ns = "bench-scale"
 	n, per := r.p.scaleEndpoints, r.p.subsPerEndpoint
-	res := &ScaleResult{Endpoints: n, Subscriptions: n * per}
+	res := &ScaleResult{Endpoints: n}
 	pub, err := r.namespace(ctx, ns)
 	if err != nil {
 		return res, err
 	}
 
-	if err := r.scaleEndpoints(ctx, ns, res); err != nil {
+	if err := r.scaleEndpoints(ctx, ns, res); err != nil || !subscriptions {
 		return res, err
 	}
+	res.Subscriptions = n * per
 	if err := r.scaleSubscriptions(ctx, ns, pub, res); err != nil {
 		return res, err
 	}
@@ -452,6 +455,9 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 	sleepCtx(ctx, r.p.idleSettle)
 	if res.FreshIdleCores, err = r.idleCores(ctx); err != nil {
 		return err
+	}
+	if _, err := r.cpuProfile(ctx, "fresh-idle", int(r.p.idleCPU.Seconds())); err != nil {
+		r.say("idle CPU profile failed: %v", err)
 	}
 	if res.RSSBefore, err = r.settledRSS(ctx); err != nil {
 		return err
