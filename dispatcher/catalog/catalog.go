@@ -58,6 +58,9 @@ type Catalog struct {
 	endpoints map[string]*Endpoint                // namespace/name
 	subs      map[string]map[string]*Subscription // namespace → name
 	filters   map[string]*filter.Filter           // compiled filters by source text
+	// sorted is the immutable snapshot Endpoints returns, built on the
+	// first call after endpoints changed (nil until then).
+	sorted []*Endpoint
 	// ready is, per namespace, the immutable sorted snapshot Subscriptions
 	// returns: Ready subscriptions whose endpoint is Ready. revision changes
 	// whenever any snapshot does.
@@ -132,20 +135,37 @@ func (c *Catalog) Endpoint(namespace, name string) (*Endpoint, bool) {
 }
 
 // Endpoints returns every Ready endpoint, sorted by namespace, then name.
-// The health reporter calls it every few seconds, so the order is decided
-// without building the keys: with 1,000 endpoints that was 20,000 strings
-// a call, most of an idle dispatcher's CPU.
+// The slice is an immutable snapshot, shared by every caller until the set
+// of endpoints or one of them changes: callers must not modify it, and may
+// tell that nothing changed by comparing it with the previous one
+// (SameEndpoints). The health reporter calls it every few seconds; with
+// 1,000 idle endpoints, sorting a fresh copy each time was a third of an
+// idle dispatcher's CPU.
 func (c *Catalog) Endpoints() []*Endpoint {
 	c.mu.RLock()
-	out := make([]*Endpoint, 0, len(c.endpoints))
-	for _, e := range c.endpoints {
-		out = append(out, e)
-	}
+	out := c.sorted
 	c.mu.RUnlock()
-	slices.SortFunc(out, func(a, b *Endpoint) int {
-		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
-	})
-	return out
+	if out != nil {
+		return out
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sorted == nil {
+		c.sorted = make([]*Endpoint, 0, len(c.endpoints))
+		for _, e := range c.endpoints {
+			c.sorted = append(c.sorted, e)
+		}
+		slices.SortFunc(c.sorted, func(a, b *Endpoint) int {
+			return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
+		})
+	}
+	return c.sorted
+}
+
+// SameEndpoints reports whether two results of Catalog.Endpoints are the
+// same snapshot, which means no endpoint changed between the two calls.
+func SameEndpoints(a, b []*Endpoint) bool {
+	return a != nil && b != nil && len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // Subscriptions returns the Ready, unsuspended Subscriptions of a
@@ -388,6 +408,7 @@ func (c *Catalog) rebuildEndpoint(ctx context.Context, namespace, name string) {
 		t.Stop()
 		delete(c.expiry, key)
 	}
+	c.sorted = nil
 	if next == nil {
 		delete(c.endpoints, key)
 	} else {

@@ -273,3 +273,52 @@ func subsOf(ns string) []*Subscription {
 	s, _ := cat.Subscriptions(ns)
 	return s
 }
+
+// TestEndpointsSnapshotIsSharedUntilAnEndpointChanges: Endpoints hands out
+// one immutable list until an endpoint changes, so the health reporter can
+// tell an idle catalog from a changed one without comparing 1,000 entries.
+func TestEndpointsSnapshotIsSharedUntilAnEndpointChanges(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := "catalog-snapshot"
+	g.Expect(k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(Succeed())
+	ep := &heraldv1.WebhookEndpoint{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "billing"},
+		Spec: heraldv1.WebhookEndpointSpec{URL: "https://example.com/v1"}}
+	g.Expect(k8sClient.Create(ctx, ep)).To(Succeed())
+	secret := managedSecretFor(ep, []heraldv1.SigningKey{{Secret: "whsec_current"}}, nil)
+	g.Expect(k8sClient.Create(ctx, secret)).To(Succeed())
+	markReady(t, ep, "WebhookEndpoint", map[string]any{"signingSecretRef": map[string]any{"name": secret.Name}})
+	g.Eventually(func() bool { _, ok := cat.Endpoint(ns, "billing"); return ok }, 10*time.Second, 50*time.Millisecond).Should(BeTrue())
+
+	urlIn := func(list []*Endpoint) string {
+		for _, e := range list {
+			if e.Namespace == ns && e.Name == "billing" {
+				return e.Spec.URL
+			}
+		}
+		return ""
+	}
+	first := cat.Endpoints()
+	g.Expect(urlIn(first)).To(Equal("https://example.com/v1"))
+	g.Expect(SameEndpoints(first, cat.Endpoints())).To(BeTrue(), "no change, same snapshot")
+
+	// A status write that changes nothing the catalog keeps (the
+	// dispatcher's own writes come back this way) keeps the snapshot.
+	markReady(t, ep, "WebhookEndpoint", map[string]any{"signingSecretRef": map[string]any{"name": secret.Name}, "delivery": map[string]any{"pending": 0}})
+	g.Consistently(func() bool { return SameEndpoints(first, cat.Endpoints()) }, time.Second, 100*time.Millisecond).Should(BeTrue())
+
+	// A new generation, once Ready, is a new snapshot; the old one is
+	// left as it was for whoever still holds it.
+	cur := &heraldv1.WebhookEndpoint{}
+	g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(ep), cur)).To(Succeed())
+	cur.Spec.URL = "https://example.com/v2"
+	g.Expect(k8sClient.Update(ctx, cur)).To(Succeed())
+	markReady(t, cur, "WebhookEndpoint", map[string]any{"signingSecretRef": map[string]any{"name": secret.Name}})
+	g.Eventually(func() string { return urlIn(cat.Endpoints()) }, 10*time.Second, 50*time.Millisecond).Should(Equal("https://example.com/v2"))
+	g.Expect(SameEndpoints(first, cat.Endpoints())).To(BeFalse())
+	g.Expect(urlIn(first)).To(Equal("https://example.com/v1"))
+
+	// Deleted: gone from the next snapshot.
+	g.Expect(k8sClient.Delete(ctx, cur)).To(Succeed())
+	g.Eventually(func() string { return urlIn(cat.Endpoints()) }, 10*time.Second, 50*time.Millisecond).Should(BeEmpty())
+}

@@ -33,12 +33,22 @@ type leaseState struct {
 // by another pod, so clock skew does not matter. A holder stops writing
 // status after failing to renew for two thirds of LeaseDuration; a
 // contender takes over only after a full LeaseDuration without renewal.
+//
+// A holder renews with one compare-and-swap on the revision it wrote last;
+// only when that fails (another replica wrote the entry, or the bucket is
+// unreachable) does it read the entry to find out why.
 func (r *Reporter) updateLease(ctx context.Context) {
 	now := r.opts.Now().UnixNano()
-	me, _ := json.Marshal(leaseRecord{Holder: r.opts.Replica})
+	me := r.leaseValue
 
 	opCtx, cancel := r.opContext(ctx)
 	defer cancel()
+	if r.lease.holding {
+		if revision, err := r.kv.Update(opCtx, leaseKey, me, r.lease.revision); err == nil {
+			r.acquired(revision, now)
+			return
+		}
+	}
 	entry, err := r.kv.Get(opCtx, leaseKey)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):

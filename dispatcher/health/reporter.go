@@ -33,7 +33,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -66,6 +68,9 @@ const (
 // EndpointLister is what the reporter needs from the catalog: the Ready
 // WebhookEndpoints. Each gets a status (NoTraffic before its first attempt)
 // and queue gauges; an endpoint that leaves the list loses its gauges.
+// Endpoints returns immutable snapshots, as catalog.Catalog does: a changed
+// list is a new slice, and the reporter takes the same slice again
+// (catalog.SameEndpoints) to mean that nothing changed.
 type EndpointLister interface {
 	Endpoints() []*catalog.Endpoint
 }
@@ -223,6 +228,8 @@ type Reporter struct {
 
 	// holding mirrors lease.holding for other goroutines (IsStatusWriter).
 	holding atomic.Bool
+	// leaseValue is the lease entry naming this replica.
+	leaseValue []byte
 
 	// Used by the Run goroutine only.
 	lease         leaseState
@@ -241,7 +248,12 @@ func NewReporter(opts Options) (*Reporter, error) {
 	if err != nil {
 		return nil, err
 	}
+	leaseValue, err := json.Marshal(leaseRecord{Holder: opts.Replica})
+	if err != nil {
+		return nil, fmt.Errorf("health reporter: encode the lease: %w", err)
+	}
 	r := &Reporter{
+		leaseValue:     leaseValue,
 		js:             opts.Queue.JetStream(),
 		client:         opts.Client,
 		endpoints:      opts.Catalog,

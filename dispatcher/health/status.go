@@ -38,6 +38,11 @@ type writerState struct {
 	notFoundSince map[objectKey]time.Time
 	queueStats    map[objectKey]queueStats
 	known         map[objectKey]bool // catalog endpoints at the last pass
+	// listed is the catalog's list at the last pass and endpoints the same
+	// by key; a pass that gets the same snapshot again (SameEndpoints)
+	// reuses them.
+	listed        []*catalog.Endpoint
+	endpoints     map[objectKey]*catalog.Endpoint
 	lastStatsPoll time.Time
 	lastResync    time.Time
 }
@@ -72,27 +77,7 @@ func (r *Reporter) writeStatuses(ctx context.Context) {
 	now := r.opts.Now()
 	w := &r.writer
 
-	endpoints := r.catalogEndpoints()
-	appeared := make(map[objectKey]*catalog.Endpoint)
-	for k, ep := range endpoints {
-		if !w.known[k] {
-			appeared[k] = ep
-			r.markDirty(k)
-		}
-	}
-	for k := range w.known {
-		if _, ok := endpoints[k]; !ok {
-			// Deleted, or no longer Ready: stop exporting its gauges; the
-			// check below finds out which.
-			r.metrics.forgetEndpoint(k)
-			delete(w.queueStats, k)
-			r.markDirty(k)
-		}
-	}
-	w.known = make(map[objectKey]bool, len(endpoints))
-	for k := range endpoints {
-		w.known[k] = true
-	}
+	endpoints, appeared := r.catalogEndpoints()
 	if now.Sub(w.lastResync) >= r.opts.ResyncInterval {
 		w.lastResync = now
 		r.markDirty(r.cachedObjects()...)
@@ -171,18 +156,48 @@ func (r *Reporter) writeStatuses(ctx context.Context) {
 	r.markDirty(keep...)
 }
 
-func (r *Reporter) catalogEndpoints() map[objectKey]*catalog.Endpoint {
-	if r.endpoints == nil {
-		return map[objectKey]*catalog.Endpoint{}
+// catalogEndpoints returns the catalog's Ready endpoints by key, and those
+// that appeared since the last pass. Endpoints that appeared or left are
+// marked dirty; those that left lose their gauges. When the catalog's
+// snapshot is the one of the last pass, nothing changed and nothing is
+// rebuilt: an idle dispatcher's passes do no work per endpoint.
+func (r *Reporter) catalogEndpoints() (endpoints, appeared map[objectKey]*catalog.Endpoint) {
+	w := &r.writer
+	var list []*catalog.Endpoint
+	if r.endpoints != nil {
+		list = r.endpoints.Endpoints()
 	}
-	list := r.endpoints.Endpoints()
-	out := make(map[objectKey]*catalog.Endpoint, len(list))
+	if w.endpoints != nil && catalog.SameEndpoints(list, w.listed) {
+		return w.endpoints, nil
+	}
+	endpoints = make(map[objectKey]*catalog.Endpoint, len(list))
 	for _, ep := range list {
 		if ep != nil {
-			out[endpointKey(ep.Namespace, ep.Name)] = ep
+			endpoints[endpointKey(ep.Namespace, ep.Name)] = ep
 		}
 	}
-	return out
+	appeared = make(map[objectKey]*catalog.Endpoint)
+	for k, ep := range endpoints {
+		if !w.known[k] {
+			appeared[k] = ep
+			r.markDirty(k)
+		}
+	}
+	for k := range w.known {
+		if _, ok := endpoints[k]; !ok {
+			// Deleted, or no longer Ready: stop exporting its gauges; the
+			// check in writeStatuses finds out which.
+			r.metrics.forgetEndpoint(k)
+			delete(w.queueStats, k)
+			r.markDirty(k)
+		}
+	}
+	w.known = make(map[objectKey]bool, len(endpoints))
+	for k := range endpoints {
+		w.known[k] = true
+	}
+	w.listed, w.endpoints = list, endpoints
+	return endpoints, appeared
 }
 
 // pollQueueStats refreshes pending and dead-lettered counts and the gauges;
@@ -215,13 +230,19 @@ func (r *Reporter) pollQueueStats(ctx context.Context, endpoints map[objectKey]*
 	for k := range endpoints {
 		c := counts[queue.EndpointKey{Namespace: k.namespace, Name: k.name}]
 		st := queueStats{Pending: int64(c.Pending), DeadLettered: int64(c.DeadLettered)}
-		if r.writer.queueStats[k] != st {
-			r.writer.queueStats[k] = st
+		prev, seen := r.writer.queueStats[k]
+		if prev != st {
 			changed = append(changed, k)
 		}
-		r.metrics.setEndpoint(k, st)
+		// The gauges are set when a value changes, not on every poll.
+		if !seen || prev != st {
+			r.writer.queueStats[k] = st
+			r.metrics.setEndpoint(k, st)
+			if c.Pending == 0 {
+				r.metrics.setOldestPending(k, time.Time{}, time.Now())
+			}
+		}
 		if c.Pending == 0 {
-			r.metrics.setOldestPending(k, time.Time{}, time.Now())
 			continue
 		}
 		sem <- struct{}{}
