@@ -508,6 +508,12 @@ func TestManagerDeadLettersAndCountsMetrics(t *testing.T) {
 	if v := metricValue(t, reg, "herald_delivery_attempt_duration_seconds", map[string]string{"namespace": "shop", "endpoint": "orders"}); v != 3 {
 		t.Errorf("herald_delivery_attempt_duration_seconds count = %v, want 3", v)
 	}
+	// The start lag counts each delivery's first attempt once: the two
+	// retries of o-1 are not a start, the invalid payload's dead-lettering
+	// is.
+	if v := metricValue(t, reg, "herald_delivery_start_lag_seconds", nil); v != 2 {
+		t.Errorf("herald_delivery_start_lag_seconds count = %v, want 2", v)
+	}
 	// Removing the endpoint drops its series.
 	m.Sync(nil)
 	families, err := reg.Gather()
@@ -515,8 +521,8 @@ func TestManagerDeadLettersAndCountsMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, f := range families {
-		if f.GetName() == "herald_delivery_endpoints" {
-			continue // per state, not per endpoint
+		if f.GetName() == "herald_delivery_endpoints" || f.GetName() == "herald_delivery_start_lag_seconds" {
+			continue // per state, or one for the dispatcher: not per endpoint
 		}
 		if n := len(f.GetMetric()); n != 0 {
 			t.Errorf("%s has %d series after the endpoint was removed", f.GetName(), n)

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/herald-dev/herald/dispatcher/queue"
 )
 
 // Values of the outcome label of herald_deliveries_total.
@@ -20,6 +22,7 @@ type metrics struct {
 	duration     *prometheus.HistogramVec
 	deadLettered *prometheus.CounterVec
 	failures     *prometheus.CounterVec
+	startLag     prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -42,9 +45,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "herald_delivery_failures_total",
 			Help: "Failed delivery attempts by reason: \"HTTP <code>\" for a non-2xx answer, otherwise Timeout, ConnectionRefused, ConnectionReset, DNSFailure, TLSError, BlockedAddress or Other.",
 		}, []string{"namespace", "endpoint", "reason"}),
+		// One series for the whole dispatcher: the lag of each stage is the
+		// question (which queue the time is spent in), and per-endpoint
+		// histograms would cost every endpoint a series per bucket.
+		startLag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "herald_delivery_start_lag_seconds",
+			Help:    "Time from an event's ingest (or a redelivery's requeue) until the first attempt of its delivery to an endpoint started.",
+			Buckets: queue.LagBuckets,
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.deliveries, m.duration, m.deadLettered, m.failures} {
+		for _, c := range []prometheus.Collector{m.deliveries, m.duration, m.deadLettered, m.failures, m.startLag} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register delivery metrics: %w", err)
 			}

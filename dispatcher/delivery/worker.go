@@ -420,6 +420,9 @@ func (w *worker) process(cfg *workerConfig, msg *queue.Message, ticket *Ticket) 
 	// retry.maxAge counts from ingest, or from the requeue of a delivery
 	// queued again by a Redelivery.
 	queued := msg.QueuedAt()
+	if msg.NumDelivered == 1 {
+		w.m.metrics.startLag.Observe(max(time.Since(queued), 0).Seconds())
+	}
 
 	if time.Since(queued) > policy.MaxAge {
 		ticket.Release()

@@ -294,6 +294,12 @@ func newMessage(m jetstream.Msg, conn *nats.Conn) (*Message, error) {
 // message was stored if that header is missing or unreadable.
 func (m *Message) IngestedAt() time.Time { return IngestedAt(m.Header, m.Timestamp) }
 
+// LagBuckets are the buckets of the histograms of the time since an
+// event's HeaderIngestedAt (herald_router_lag_seconds,
+// herald_delivery_start_lag_seconds): fine below 100 ms, where a healthy
+// dispatcher's lag is, and up to minutes for a backlog.
+var LagBuckets = []float64{0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
+
 // IngestedAt reads HeaderIngestedAt from a delivery's header; fallback
 // when it is missing or unreadable.
 func IngestedAt(h Header, fallback time.Time) time.Time {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/herald-dev/herald/dispatcher/queue"
 )
 
 // Values of the result label of herald_router_events_total.
@@ -27,6 +29,7 @@ type metrics struct {
 	retries      prometheus.Counter
 	deliveries   prometheus.Counter
 	held         *prometheus.CounterVec
+	lag          prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -51,6 +54,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "herald_router_deliveries_total",
 			Help: "Deliveries queued by fan-out (one per event per endpoint; retried fan-outs count again).",
 		}),
+		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "herald_router_lag_seconds",
+			Help:    "Time from an event's ingest until its deliveries were all stored and the event acknowledged by fan-out (routed events only; held and retried ones included).",
+			Buckets: queue.LagBuckets,
+		}),
 	}
 	for _, r := range []string{ResultRouted, ResultUnmatched, ResultUnmatchedAfterHold, ResultInvalid} {
 		m.events.WithLabelValues(r) // export zero values
@@ -58,7 +66,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.events, m.filterErrors, m.retries, m.deliveries, m.held} {
+	for _, c := range []prometheus.Collector{m.events, m.filterErrors, m.retries, m.deliveries, m.held, m.lag} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register router metrics (one Router per registry): %w", err)
 		}

@@ -373,12 +373,13 @@ func (r *Router) acknowledge(log logr.Logger, m *queue.Message, res FanOutResult
 		r.metrics.events.WithLabelValues(result).Inc()
 		return
 	}
+	now := r.opts.Now()
 	if r.opts.Reporter != nil {
-		now := r.opts.Now()
 		for _, s := range res.Subscriptions {
 			r.opts.Reporter.Matched(m.Namespace, s, now)
 		}
 	}
+	r.metrics.lag.Observe(max(now.Sub(m.IngestedAt()), 0).Seconds())
 	r.metrics.events.WithLabelValues(ResultRouted).Inc()
 	log.V(2).Info("Event fanned out", "endpoints", res.Endpoints)
 }

@@ -273,21 +273,27 @@ func waitProcessed(t testing.TB, reg *prometheus.Registry, q *queue.Queue, n int
 
 func counterValue(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
+	for _, m := range family(t, reg, name).GetMetric() {
+		if labelsMatch(m, labels) {
+			return m.GetCounter().GetValue()
+		}
+	}
+	return 0
+}
+
+// family is the gathered metric family name, nil when it has no series.
+func family(t testing.TB, reg *prometheus.Registry, name string) *dto.MetricFamily {
+	t.Helper()
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			if labelsMatch(m, labels) {
-				return m.GetCounter().GetValue()
-			}
+		if f.GetName() == name {
+			return f
 		}
 	}
-	return 0
+	return nil
 }
 
 func labelsMatch(m *dto.Metric, labels map[string]string) bool {

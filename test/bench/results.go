@@ -318,7 +318,7 @@ func (res *Results) Markdown() string {
 
 func writeSteps(b *strings.Builder, steps []StepResult) {
 	header := []string{"Step", "Offered ev/s", "Accepted ev/s", "Delivered /s", "Ratio", "p50 ms", "p99 ms", "p99.9 ms",
-		"CPU-s/1000", "Dispatcher cores", "Harness cores", "Machine busy cores", "CPU / IO pressure", "Peak RSS MiB", "Dup", "Missing", "Verdict"}
+		"Routed p50 / p99 ms", "First attempt p50 / p99 ms", "CPU-s/1000", "Dispatcher cores", "Harness cores", "Machine busy cores", "CPU / IO pressure", "Peak RSS MiB", "Dup", "Missing", "Verdict"}
 	fmt.Fprintf(b, "| %s |\n|", strings.Join(header, " | "))
 	for i := range header {
 		if i == 0 || i == len(header)-1 {
@@ -340,10 +340,17 @@ func writeSteps(b *strings.Builder, steps []StepResult) {
 		if s.PeakRSS > 0 {
 			rss = fmt.Sprintf("%.1f", mib(s.PeakRSS))
 		}
-		fmt.Fprintf(b, "| %s | %.0f | %.0f | %.0f | %s | %.1f | %.1f | %.1f | %s | %s | %.2f | %.2f | %.0f%% / %.0f%% | %s | %d | %d | %s |\n",
+		fmt.Fprintf(b, "| %s | %.0f | %.0f | %.0f | %s | %.1f | %.1f | %.1f | %s | %s | %s | %s | %.2f | %.2f | %.0f%% / %.0f%% | %s | %d | %d | %s |\n",
 			s.Name, s.OfferedRate, s.AcceptedPerSec, s.DeliveredPerSec, ratioCell(s.Ratio), s.Latency.P50, s.Latency.P99, s.Latency.P999,
-			cpu, cores, s.HarnessCores, s.MachineBusyCores, 100*s.CPUPressure, 100*s.IOPressure, rss, s.Ledger.Duplicates, s.Ledger.Missing, verdict)
+			stageCell(s.Stages.RoutedP50, s.Stages.RoutedP99), stageCell(s.Stages.StartP50, s.Stages.StartP99), cpu, cores, s.HarnessCores, s.MachineBusyCores, 100*s.CPUPressure, 100*s.IOPressure, rss, s.Ledger.Duplicates, s.Ledger.Missing, verdict)
 	}
+}
+
+func stageCell(p50, p99 float64) string {
+	if p50 == 0 && p99 == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.1f / %.1f", p50, p99)
 }
 
 func ratioCell(r float64) string {

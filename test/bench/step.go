@@ -76,6 +76,9 @@ type StepResult struct {
 	CPUPressure float64 `json:"cpuPressure"`
 	IOPressure  float64 `json:"ioPressure"`
 	PeakRSS     int64   `json:"dispatcherPeakRssBytes"`
+	// Stages splits the latency at the dispatcher's seams (from its own
+	// histograms; zero when the dispatcher restarted during the step).
+	Stages StageLag `json:"stages"`
 	// Pass: not void, nothing missing or refused, p99 < 100 ms and a
 	// stable backlog — the knee criterion.
 	// AdjacentBaselinePerSec is the baseline measured just before this
@@ -146,6 +149,7 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepResult, error)
 	if before.dispatcherErr != nil {
 		return res, fmt.Errorf("read dispatcher /proc: %w", before.dispatcherErr)
 	}
+	stagesBefore, stagesErr := r.stageHistograms(ctx)
 	start := r.clock.Since() + 20*time.Millisecond
 	interval := float64(time.Second) / spec.Rate
 
@@ -214,6 +218,9 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepResult, error)
 
 	if r.dispatcherPID() == pid {
 		res.measure(before, takeResourceSample(pid, r.managerPID()), (drained - start).Seconds())
+		if stagesAfter, err := r.stageHistograms(ctx); err == nil && stagesErr == nil {
+			res.Stages = stageLag(stagesBefore, stagesAfter)
+		}
 	}
 
 	s := l.Settle()
