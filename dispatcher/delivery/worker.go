@@ -277,6 +277,8 @@ func (w *worker) loop() (parked bool) {
 		}
 		retry = minRetry
 		w.fetchLoop(loopCtx, consumer)
+		// Hands back to the queue what arrived after the loop's last fetch.
+		consumer.Close()
 		cancel()
 	}
 	return false

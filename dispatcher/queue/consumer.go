@@ -64,6 +64,7 @@ type Consumer struct {
 	consumer  jetstream.Consumer
 	name      string
 	fetchWait time.Duration
+	pull      *puller
 }
 
 // EventConsumer creates or updates the durable consumer of all events, for
@@ -137,7 +138,10 @@ func (q *Queue) consumer(ctx context.Context, stream jetstream.Stream, cc jetstr
 	if err != nil {
 		return nil, fmt.Errorf("create or update consumer %s on %s: %w", cc.Durable, stream.CachedInfo().Config.Name, classify(err))
 	}
-	return &Consumer{q: q, consumer: consumer, name: cc.Durable, fetchWait: fetchWait}, nil
+	c := &Consumer{q: q, consumer: consumer, name: cc.Durable, fetchWait: fetchWait,
+		pull: newPuller(q.nc, stream.CachedInfo().Config.Name, cc.Durable)}
+	q.track(c)
+	return c, nil
 }
 
 // Name is the durable consumer name.
@@ -145,78 +149,100 @@ func (c *Consumer) Name() string { return c.name }
 
 // Fetch waits until at least one message is available, then returns it
 // together with up to limit-1 further messages that were waiting behind it
-// when it was delivered. It
+// when it was delivered (at most 128 in all). It
 // returns no messages and no error when none arrived within the consumer's
 // FetchWait, so callers loop; it returns ctx's error once ctx ends.
 //
 // Fetch asks only for as many messages as the caller can handle now, so
-// messages are not buffered in the client while their AckWait runs.
+// messages are not buffered in the client while their AckWait runs. Its
+// pull requests are answered on one inbox for the Consumer's lifetime
+// (see puller); a request still open when Fetch returns is the next
+// Fetch's, and Close hands back whatever arrives for it. Fetch is not safe
+// for concurrent use.
 func (c *Consumer) Fetch(ctx context.Context, limit int) ([]*Message, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	limit = max(1, limit)
-	waitUntil := time.Now().Add(c.fetchWait)
-	waitCtx, cancel := context.WithDeadline(ctx, waitUntil)
-	defer cancel()
-	batch, err := c.consumer.Fetch(1, jetstream.FetchContext(waitCtx))
-	if err != nil {
+	limit = min(max(1, limit), inboxCapacity/2)
+	p := c.pull
+	if err := p.subscribe(); err != nil {
 		return nil, c.fetchError(ctx, err)
 	}
-	msgs, err := c.collect(batch)
+	// Answers to requests an earlier Fetch stopped waiting for come first.
+	raw, err := p.buffered(limit)
 	if err != nil {
-		return msgs, c.fetchError(ctx, err)
+		return c.messages(raw), c.fetchError(ctx, err)
 	}
-	if len(msgs) == 0 {
-		if deadline, ok := ctx.Deadline(); ok && !deadline.After(waitUntil) {
-			// The server ends a pull request a little before the deadline
-			// it was given; sit out the rest so the caller sees its context
-			// end instead of an empty result it would retry.
-			<-ctx.Done()
+	if len(raw) == 0 {
+		m, ok, err := p.waitOne(ctx, c.fetchWait)
+		if err != nil {
+			return nil, c.fetchError(ctx, err)
 		}
-		return nil, ctx.Err()
+		if !ok {
+			if deadline, has := ctx.Deadline(); has && !deadline.After(time.Now().Add(c.fetchWait)) {
+				// The server ends a pull request a little before the deadline
+				// it was given; sit out the rest so the caller sees its context
+				// end instead of an empty result it would retry.
+				<-ctx.Done()
+			}
+			return nil, ctx.Err()
+		}
+		raw = append(raw, m)
 	}
-	// The first message says how many more were waiting when it was
+	msgs := c.messages(raw)
+	if len(msgs) == 0 {
+		return nil, nil
+	}
+	// The last message says how many more were waiting when it was
 	// delivered; at a modest rate that is none, and asking would cost a
 	// round trip per message for an empty answer.
-	if waiting := msgs[0].Pending; limit > 1 && waiting > 0 {
-		batch, err := c.consumer.FetchNoWait(int(min(uint64(limit-1), waiting)))
+	if waiting := msgs[len(msgs)-1].Pending; len(msgs) < limit && waiting > 0 {
+		more, err := p.noWait(int(min(uint64(limit-len(msgs)), waiting)))
+		msgs = append(msgs, c.messages(more)...)
 		if err != nil {
-			// The first message is already delivered to us; hand it over and
+			// The messages are delivered to us already; hand them over and
 			// let the next Fetch report a persistent problem.
 			return msgs, nil
 		}
-		more, _ := c.collect(batch)
-		msgs = append(msgs, more...)
 	}
 	return msgs, nil
+}
+
+// Close ends the Consumer's pull requests and returns the messages that
+// arrived for them and were not fetched to the queue, for immediate
+// redelivery. The durable consumer itself stays. Fetch fails after Close.
+func (c *Consumer) Close() {
+	c.pull.close()
+	c.q.untrack(c)
 }
 
 func (c *Consumer) fetchError(ctx context.Context, err error) error {
 	if ctxErr := ctx.Err(); ctxErr != nil {
 		return ctxErr
 	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, jetstream.ErrNoMessages) {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
 		return nil // FetchWait passed without messages
 	}
 	return fmt.Errorf("fetch from consumer %s: %w", c.name, classify(err))
 }
 
-func (c *Consumer) collect(batch jetstream.MessageBatch) ([]*Message, error) {
-	var msgs []*Message
-	for m := range batch.Messages() {
+// messages wraps delivered messages, terminating those no stage can
+// process.
+func (c *Consumer) messages(raw []*nats.Msg) []*Message {
+	msgs := make([]*Message, 0, len(raw))
+	for _, m := range raw {
 		msg, err := newMessage(m, c.q.nc)
 		if err != nil {
 			// Not a subject this package publishes to (a foreign client
 			// wrote to a Herald stream): nobody can process it, so take it
 			// out of the queue instead of redelivering it for ever.
-			c.q.log.Error(err, "Terminating unprocessable message", "consumer", c.name, "subject", m.Subject())
-			_ = m.TermWithReason(err.Error())
+			c.q.log.Error(err, "Terminating unprocessable message", "consumer", c.name, "subject", m.Subject)
+			_ = terminate(c.q.nc, m.Reply, err.Error())
 			continue
 		}
 		msgs = append(msgs, msg)
 	}
-	return msgs, batch.Error()
+	return msgs
 }
 
 // Pending is the number of messages of this consumer not yet acknowledged:
@@ -260,26 +286,26 @@ type Message struct {
 	// yet acknowledged): the backlog behind it, for sizing the next Fetch.
 	Pending uint64
 
-	msg  jetstream.Msg
+	msg  *nats.Msg
 	conn *nats.Conn
 }
 
-func newMessage(m jetstream.Msg, conn *nats.Conn) (*Message, error) {
+func newMessage(m *nats.Msg, conn *nats.Conn) (*Message, error) {
 	meta, err := m.Metadata()
 	if err != nil {
 		return nil, fmt.Errorf("message metadata: %w", err)
 	}
-	namespace, endpoint, err := parseSubject(m.Subject())
+	namespace, endpoint, err := parseSubject(m.Subject)
 	if err != nil {
 		return nil, err
 	}
 	return &Message{
 		Namespace:    namespace,
 		Endpoint:     endpoint,
-		Subject:      m.Subject(),
-		Data:         m.Data(),
-		Header:       publicHeader(m.Headers()),
-		DedupID:      m.Headers().Get(jetstream.MsgIDHeader),
+		Subject:      m.Subject,
+		Data:         m.Data,
+		Header:       publicHeader(m.Header),
+		DedupID:      m.Header.Get(jetstream.MsgIDHeader),
 		Sequence:     meta.Sequence.Stream,
 		NumDelivered: meta.NumDelivered,
 		Timestamp:    meta.Timestamp,
@@ -327,7 +353,7 @@ func (m *Message) QueuedAt() time.Time {
 // after a nil return the message will not be redelivered (on a work-queue
 // stream it is then deleted).
 func (m *Message) Ack(ctx context.Context) error {
-	if err := m.msg.DoubleAck(ctx); err != nil {
+	if err := m.msg.AckSync(nats.Context(ctx)); err != nil {
 		return fmt.Errorf("ack message %d on %s: %w", m.Sequence, m.Subject, err)
 	}
 	return nil
@@ -361,7 +387,7 @@ func (m *Message) AckNoWait() error {
 // and bring their messages back as duplicates. m must have been
 // acknowledged already.
 func (m *Message) ConfirmAcknowledged(ctx context.Context) error {
-	_, err := m.conn.RequestWithContext(ctx, m.msg.Reply(), []byte("+ACK"))
+	_, err := m.conn.RequestWithContext(ctx, m.msg.Reply, []byte("+ACK"))
 	if errors.Is(err, nats.ErrNoResponders) {
 		return nil // the consumer is gone, and what was queued for it with it
 	}
@@ -403,8 +429,14 @@ func (m *Message) InProgress() error {
 // example an event payload that does not decode) and removes it from the
 // queue. Use Queue.DeadLetter for deliveries, which keeps them for replay.
 func (m *Message) Term(reason string) error {
-	if err := m.msg.TermWithReason(reason); err != nil {
+	if err := terminate(m.conn, m.msg.Reply, reason); err != nil {
 		return fmt.Errorf("terminate message %d on %s: %w", m.Sequence, m.Subject, err)
 	}
 	return nil
+}
+
+// terminate sends a message's +TERM acknowledgement with a reason, which
+// the server reports in its advisory.
+func terminate(nc *nats.Conn, reply, reason string) error {
+	return nc.Publish(reply, []byte("+TERM "+reason))
 }

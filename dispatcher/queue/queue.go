@@ -63,7 +63,12 @@ type Queue struct {
 
 	connClosed chan struct{}
 	closeOnce  sync.Once
-	closeErr   error
+
+	// consumers are the Consumers not closed yet, which Close closes
+	// first: their inboxes may hold messages to hand back.
+	consumersMu sync.Mutex
+	consumers   map[*Consumer]struct{}
+	closeErr    error
 }
 
 // Open connects to JetStream — starting the embedded server first when
@@ -339,6 +344,7 @@ func (q *Queue) Connected() bool { return q.nc.IsConnected() }
 // state to disk. Close is idempotent.
 func (q *Queue) Close() error {
 	q.closeOnce.Do(func() {
+		q.closeConsumers()
 		q.stopKeepers()
 		if q.nc != nil {
 			if err := q.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
@@ -355,6 +361,33 @@ func (q *Queue) Close() error {
 		q.shutdownServer()
 	})
 	return q.closeErr
+}
+
+func (q *Queue) track(c *Consumer) {
+	q.consumersMu.Lock()
+	defer q.consumersMu.Unlock()
+	if q.consumers == nil {
+		q.consumers = map[*Consumer]struct{}{}
+	}
+	q.consumers[c] = struct{}{}
+}
+
+func (q *Queue) untrack(c *Consumer) {
+	q.consumersMu.Lock()
+	defer q.consumersMu.Unlock()
+	delete(q.consumers, c)
+}
+
+func (q *Queue) closeConsumers() {
+	q.consumersMu.Lock()
+	open := make([]*Consumer, 0, len(q.consumers))
+	for c := range q.consumers {
+		open = append(open, c)
+	}
+	q.consumersMu.Unlock()
+	for _, c := range open {
+		c.Close()
+	}
 }
 
 func (q *Queue) shutdownServer() {

@@ -223,6 +223,7 @@ func (r *Router) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("router: %w", err)
 	}
+	defer consumer.Close()
 	r.log.Info("Router started", "consumer", consumer.Name())
 	backoff := 100 * time.Millisecond
 	for {
