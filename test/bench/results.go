@@ -289,7 +289,11 @@ func (res *Results) Markdown() string {
 		if len(s.EndpointsNudged) > 0 {
 			p("| Ready endpoints the dispatcher never picked up (nudged by the harness) | %s |\n", strings.Join(s.EndpointsNudged, ", "))
 		}
-		p("| Dispatcher RSS fresh / with idle endpoints / with Subscriptions | %.1f / %.1f / %.1f MiB |\n", mib(s.RSSBefore), mib(s.RSSEndpoints), mib(s.RSSSubscriptions))
+		if s.Subscriptions > 0 {
+			p("| Dispatcher RSS fresh / with idle endpoints / with Subscriptions | %.1f / %.1f / %.1f MiB |\n", mib(s.RSSBefore), mib(s.RSSEndpoints), mib(s.RSSSubscriptions))
+		} else {
+			p("| Dispatcher RSS fresh / with idle endpoints | %.1f / %.1f MiB |\n", mib(s.RSSBefore), mib(s.RSSEndpoints))
+		}
 		p("| RSS per idle endpoint | %.1f KiB |\n", s.RSSPerEndpoint/1024)
 		if s.Subscriptions > 0 {
 			p("| RSS per Subscription | %.2f KiB |\n", s.RSSPerSubscription/1024)
