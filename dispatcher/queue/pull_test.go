@@ -45,11 +45,7 @@ func TestFetchKeepsTheAnswerToAnAbandonedRequest(t *testing.T) {
 	if err != nil {
 		t.Fatalf("DeliveryConsumer: %v", err)
 	}
-	fctx, cancel := context.WithCancel(ctx)
-	go func() { time.Sleep(200 * time.Millisecond); cancel() }()
-	if msgs, err := c.Fetch(fctx, 1); len(msgs) != 0 || err == nil {
-		t.Fatalf("Fetch on an empty queue cancelled after 200ms = %d messages, %v; want none and the context's error", len(msgs), err)
-	}
+	abandonFetch(t, ctx, c)
 	mustPublishDelivery(t, ctx, q, "ns", "ep", "late")
 	msgs := fetchN(t, ctx, c, 1, 5*time.Second)
 	if string(msgs[0].Data) != "late" || msgs[0].NumDelivered != 1 {
@@ -69,9 +65,7 @@ func TestCloseHandsBackWhatArrived(t *testing.T) {
 	if err != nil {
 		t.Fatalf("DeliveryConsumer: %v", err)
 	}
-	fctx, cancel := context.WithCancel(ctx)
-	go func() { time.Sleep(200 * time.Millisecond); cancel() }()
-	_, _ = c.Fetch(fctx, 1) // leaves a request open for 10s
+	abandonFetch(t, ctx, c) // leaves a request open for 10s
 	mustPublishDelivery(t, ctx, q, "ns", "ep", "orphan")
 	// Wait until the server has delivered it to the open request.
 	deadline := time.Now().Add(5 * time.Second)
@@ -147,5 +141,17 @@ func TestFetchTakesTheBacklogInOneCall(t *testing.T) {
 	rest, err := c.Fetch(ctx, 4)
 	if err != nil || len(rest) != 1 || string(rest[0].Data) != "5" {
 		t.Fatalf("second Fetch = %v, %v; want [5]", payloads(rest), err)
+	}
+}
+
+// abandonFetch runs a Fetch on an empty queue and cancels it after 200ms,
+// leaving its pull request open on the server for the consumer's
+// FetchWait.
+func abandonFetch(t *testing.T, ctx context.Context, c *Consumer) {
+	t.Helper()
+	fctx, cancel := context.WithCancel(ctx)
+	go func() { time.Sleep(200 * time.Millisecond); cancel() }()
+	if msgs, err := c.Fetch(fctx, 1); len(msgs) != 0 || err == nil {
+		t.Fatalf("Fetch on an empty queue cancelled after 200ms = %d messages, %v; want none and the context's error", len(msgs), err)
 	}
 }
