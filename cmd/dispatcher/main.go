@@ -72,6 +72,7 @@ type options struct {
 	drainTimeout   time.Duration
 	statusInterval time.Duration
 	unmatchedHold  time.Duration
+	fanOutAtIngest bool
 	podName        string
 	namespace      string
 	logLevel       string
@@ -112,6 +113,7 @@ func main() {
 	o.limits.bindFlags(flag.CommandLine)
 	flag.DurationVar(&o.drainTimeout, "drain-timeout", 45*time.Second, "How long shutdown waits for in-flight deliveries.")
 	flag.DurationVar(&o.statusInterval, "status-interval", 5*time.Second, "How often delivery health is written to status (at most once per object per interval).")
+	flag.BoolVar(&o.fanOutAtIngest, "fan-out-at-ingest", true, "Fan out an event in the ingest request that accepts it when its outcome is already certain (it matches, its namespace is settled, none of its endpoints is Ordered): its deliveries are stored before the 202 and the event skips the events stream. Off, every event is stored in the events stream first.")
 	flag.DurationVar(&o.unmatchedHold, "unmatched-hold", router.DefaultUnmatchedHold, "How long an event that matches no Subscription is held, instead of discarded, while a WebhookEndpoint or Subscription of its namespace is being reconciled (an edit in flight, the manager restarting).")
 	flag.StringVar(&o.namespace, "namespace", envOr("POD_NAMESPACE", heraldv1.DefaultNamespace), "Namespace the dispatcher runs in (defaults to $POD_NAMESPACE): where it renews the status writer's Lease the manager watches.")
 	flag.StringVar(&o.podName, "pod-name", os.Getenv("POD_NAME"), "Name of this replica (defaults to $POD_NAME, else the host name).")
@@ -328,7 +330,11 @@ func run(ctx context.Context, o options) error {
 		}
 	}
 
-	handler, err := newIngestHandler(o, q, clientset, log.WithName("ingest"))
+	var fanOut ingest.FanOut
+	if o.fanOutAtIngest {
+		fanOut = rt
+	}
+	handler, err := newIngestHandler(o, q, fanOut, clientset, log.WithName("ingest"))
 	if err != nil {
 		return err
 	}
@@ -540,10 +546,11 @@ func (l ingestLimits) validate() error {
 
 // newIngestHandler builds the ingest handler with its authentication,
 // authorization and limits.
-func newIngestHandler(o options, q *queue.Queue, clientset kubernetes.Interface, log logr.Logger) (*ingest.Handler, error) {
+func newIngestHandler(o options, q *queue.Queue, fanOut ingest.FanOut, clientset kubernetes.Interface, log logr.Logger) (*ingest.Handler, error) {
 	authOpts := ingest.CacheOptions{}
 	handler, err := ingest.NewHandler(ingest.Options{
 		Queue:      q,
+		FanOut:     fanOut,
 		Namespaces: ingest.NewAPINamespaceChecker(clientset, authOpts),
 		Authenticator: ingest.NewTokenReviewAuthenticator(clientset, o.audience, authOpts,
 			ingest.ReviewLimit{Rate: o.limits.tokenReviewRate}),

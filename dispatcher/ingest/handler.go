@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/herald-dev/herald/dispatcher/queue"
+	"github.com/herald-dev/herald/dispatcher/router"
 )
 
 // EventsPattern is the route the Handler serves.
@@ -57,10 +58,23 @@ type Publisher interface {
 	Connected() bool
 }
 
+// FanOut fans events out at ingest when their outcome is already certain;
+// *router.Router implements it.
+type FanOut interface {
+	// FanOutAtIngest returns one outcome per event, in order. An event not
+	// FannedOut must be published to the events stream.
+	FanOutAtIngest(ctx context.Context, namespace string, events []queue.EventPublish) []router.IngestOutcome
+}
+
 // Options configure a Handler.
 type Options struct {
 	// Queue stores accepted events. Required.
 	Queue Publisher
+	// FanOut, when set, stores the deliveries of the events it can fan out
+	// at once (router.Router.FanOutAtIngest); the other events are stored
+	// in the events stream for fan-out. Either way the answer is 202 only
+	// once the event is durable.
+	FanOut FanOut
 	// Namespaces says which namespaces exist. Required.
 	Namespaces NamespaceChecker
 	// Authenticator and Authorizer check the publisher's bearer token and
@@ -563,9 +577,7 @@ func (h *Handler) store(ctx context.Context, namespace string, events []*decoded
 		header.Set(queue.HeaderIngestedAt, ingestedAt)
 		batchMsgs[i] = queue.EventPublish{DedupID: eventKey, Payload: ev.payload, Header: header}
 	}
-	// One pipelined publish for the request's events: stored in order, each
-	// acknowledged by JetStream before the answer.
-	results := h.opts.Queue.PublishEvents(ctx, namespace, batchMsgs)
+	results := h.publish(ctx, namespace, batchMsgs)
 	var firstErr *requestError
 	for i, res := range results {
 		switch {
@@ -587,6 +599,35 @@ func (h *Handler) store(ctx context.Context, namespace string, events []*decoded
 		return nil, firstErr
 	}
 	return resp, nil
+}
+
+// publish stores a request's events and returns one result per event: the
+// events fanned out at ingest (Options.FanOut) are stored as their
+// deliveries; the others in one pipelined publish to the events stream, in
+// order, each acknowledged by JetStream before the answer.
+func (h *Handler) publish(ctx context.Context, namespace string, events []queue.EventPublish) []queue.PublishResult {
+	if h.opts.FanOut == nil {
+		return h.opts.Queue.PublishEvents(ctx, namespace, events)
+	}
+	outcomes := h.opts.FanOut.FanOutAtIngest(ctx, namespace, events)
+	results := make([]queue.PublishResult, len(events))
+	var rest []queue.EventPublish
+	var restAt []int
+	for i, o := range outcomes {
+		if o.FannedOut {
+			results[i].Duplicate = o.Duplicate
+			continue
+		}
+		rest = append(rest, events[i])
+		restAt = append(restAt, i)
+	}
+	if len(rest) == 0 {
+		return results
+	}
+	for j, res := range h.opts.Queue.PublishEvents(ctx, namespace, rest) {
+		results[restAt[j]] = res
+	}
+	return results
 }
 
 func (h *Handler) publishError(err error, namespace string, index int, batch bool) *requestError {

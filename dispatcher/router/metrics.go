@@ -28,6 +28,7 @@ type metrics struct {
 	filterErrors *prometheus.CounterVec
 	retries      prometheus.Counter
 	deliveries   prometheus.Counter
+	atIngest     prometheus.Counter
 	held         *prometheus.CounterVec
 	lag          prometheus.Histogram
 }
@@ -54,9 +55,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "herald_router_deliveries_total",
 			Help: "Deliveries queued by fan-out (one per event per endpoint; retried fan-outs count again).",
 		}),
+		atIngest: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_router_events_at_ingest_total",
+			Help: "Events fanned out by the ingest request that accepted them, their deliveries stored before the answer, without passing through the events stream (also counted in herald_router_events_total as routed).",
+		}),
 		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "herald_router_lag_seconds",
-			Help:    "Time from an event's ingest until its deliveries were all stored and the event acknowledged by fan-out (routed events only; held and retried ones included).",
+			Help:    "Time from an event's ingest until its deliveries were all stored, by the ingest request (herald_router_events_at_ingest_total) or by the fan-out of the events stream (routed events only; held and retried ones included).",
 			Buckets: queue.LagBuckets,
 		}),
 	}
@@ -66,7 +71,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.events, m.filterErrors, m.retries, m.deliveries, m.held, m.lag} {
+	for _, c := range []prometheus.Collector{m.events, m.filterErrors, m.retries, m.deliveries, m.atIngest, m.held, m.lag} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register router metrics (one Router per registry): %w", err)
 		}

@@ -3,6 +3,11 @@
 // source patterns, then the CEL filter) and queues one delivery per matched
 // endpoint.
 //
+// An event whose fan-out is already certain when it is ingested is fanned
+// out by the ingest request instead and never enters the events stream
+// (FanOutAtIngest, in atingest.go); everything below applies to the
+// others.
+//
 // Fan-out is idempotent. Every delivery is published with a de-duplication
 // id derived from the event and the endpoint (queue.DeliveryDedupID), and the
 // event is acknowledged only after every delivery publish was acknowledged,
@@ -194,6 +199,10 @@ type Router struct {
 	// lastAcked is the event acknowledged last, whose confirmation at stop
 	// covers every acknowledgement before it (see stopped).
 	lastAcked atomic.Pointer[queue.Message]
+
+	// running is set while Run consumes events: FanOutAtIngest acts only
+	// then.
+	running atomic.Bool
 }
 
 type cachedIndex struct {
@@ -224,6 +233,8 @@ func (r *Router) Run(ctx context.Context) error {
 		return fmt.Errorf("router: %w", err)
 	}
 	defer consumer.Close()
+	r.running.Store(true)
+	defer r.running.Store(false)
 	r.log.Info("Router started", "consumer", consumer.Name())
 	backoff := 100 * time.Millisecond
 	for {
@@ -375,13 +386,7 @@ func (r *Router) acknowledge(log logr.Logger, m *queue.Message, res FanOutResult
 		return
 	}
 	now := r.opts.Now()
-	if r.opts.Reporter != nil {
-		for _, s := range res.Subscriptions {
-			r.opts.Reporter.Matched(m.Namespace, s, now)
-		}
-	}
-	r.metrics.lag.Observe(max(now.Sub(m.IngestedAt()), 0).Seconds())
-	r.metrics.events.WithLabelValues(ResultRouted).Inc()
+	r.routed(m.Namespace, res, m.IngestedAt(), now)
 	log.V(2).Info("Event fanned out", "endpoints", res.Endpoints)
 }
 
