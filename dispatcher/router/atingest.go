@@ -27,9 +27,11 @@ import (
 //     (Options.ConfirmSettled) before it is discarded;
 //   - none of its endpoints is Ordered. An Ordered endpoint's deliveries
 //     must be stored in the order of their events, and an earlier event may
-//     still wait in the events stream (held, retried, or in another
-//     replica's batch); every event for an Ordered endpoint therefore takes
-//     the stream, which keeps them in order as before.
+//     still wait in the events stream (accepted before this replica's
+//     router ran, or in another replica's batch); every event for an
+//     Ordered endpoint therefore takes the stream, which keeps them in
+//     order as before (with the exceptions the package documentation
+//     lists: held events, and fan-outs retried after a queue failure).
 //
 // Anything else, and an event whose deliveries were not all stored, is
 // published to the events stream by the caller, and Run fans it out as
