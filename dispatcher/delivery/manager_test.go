@@ -775,7 +775,13 @@ func waitParked(t *testing.T, m *Manager, fc *clocktesting.FakeClock, rc *receiv
 		m.mu.Lock()
 		w := m.workers[key]
 		m.mu.Unlock()
-		return w != nil && w.pacer.InFlight() == 0 && len(os) == rc.count() && fc.HasWaiters()
+		if w == nil {
+			return false
+		}
+		w.mu.Lock()
+		pacer := w.pacer
+		w.mu.Unlock()
+		return pacer != nil && pacer.InFlight() == 0 && len(os) == rc.count() && fc.HasWaiters()
 	})
 }
 
@@ -1075,4 +1081,48 @@ func TestManagerRetriesInBackoffDoNotBlockFreshDeliveries(t *testing.T) {
 		}
 		return fresh == 5
 	})
+}
+
+// TestManagerIdleEndpointHoldsNoSenderUntilItsFirstDelivery: an endpoint
+// that has had no delivery keeps no request template, HTTP client, pacer or
+// loop context (they were a third of an idle endpoint's memory), yet an
+// unusable configuration is still refused when it is synced, and the first
+// delivery makes them.
+func TestManagerIdleEndpointHoldsNoSenderUntilItsFirstDelivery(t *testing.T) {
+	q := openQueue(t)
+	rc := newReceiver(t, nil)
+	m, out, _ := newTestManager(t, q, func(o *Options) {
+		o.FetchWait = 100 * time.Millisecond
+		o.IdleAfter = 300 * time.Millisecond
+		o.SweepInterval = time.Hour
+	})
+	badCA := testEndpoint("shop", "bad-ca", "https://127.0.0.1:1/hook")
+	badCA.CABundle = []byte("not a certificate")
+	m.Sync([]*catalog.Endpoint{testEndpoint("shop", "quiet", rc.URL), badCA})
+	if got := m.Running(); !slices.Equal(got, []string{"shop/quiet"}) {
+		t.Fatalf("Running = %v, want only shop/quiet: the bad CA bundle must be refused at Sync", got)
+	}
+	waitForParked(t, m, "shop/quiet")
+	m.mu.Lock()
+	w := m.workers["shop/quiet"]
+	m.mu.Unlock()
+	held := func() (sender bool, pacer bool, run bool) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.cfg.built.Load() != nil, w.pacer != nil, w.cancelRun != nil
+	}
+	if sender, pacer, run := held(); sender || pacer || run {
+		t.Fatalf("idle endpoint holds sender=%v pacer=%v loop context=%v, want none", sender, pacer, run)
+	}
+
+	publish(t, q, "shop", "quiet", "e-1")
+	m.Wake("shop", "quiet")
+	out.waitFor(t, "shop/quiet", "the first delivery", func(os []Outcome) bool { return countSuccess(os) == 1 })
+	if sender, pacer, _ := held(); !sender || !pacer {
+		t.Errorf("after a delivery: sender=%v pacer=%v, want both kept", sender, pacer)
+	}
+	waitForParked(t, m, "shop/quiet")
+	if _, _, run := held(); run {
+		t.Errorf("a parked endpoint keeps its loop context")
+	}
 }

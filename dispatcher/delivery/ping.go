@@ -22,16 +22,16 @@ const ReasonPing = "Ping"
 // receiver's answer is in the Outcome.
 func (m *Manager) Ping(ctx context.Context, ep *catalog.Endpoint, d Delivery) (Outcome, error) {
 	o := Outcome{Namespace: ep.Namespace, Endpoint: ep.Name, Generation: ep.Generation, Attempt: 1, WebhookID: d.WebhookID}
-	cfg, err := m.buildConfig(ep)
+	s, err := m.newSender(ep)
 	if err != nil {
 		return o, err
 	}
-	defer cfg.client.CloseIdleConnections()
-	req, err := cfg.target.BuildRequest(ctx, d, m.now())
+	defer s.client.CloseIdleConnections()
+	req, err := s.target.BuildRequest(ctx, d, m.now())
 	if err != nil {
 		return o, err
 	}
-	resp, err := cfg.client.Do(req)
+	resp, err := s.client.Do(req)
 	o.Sent, o.Time, o.Latency = true, time.Now(), resp.Latency
 	switch {
 	case err != nil:

@@ -16,22 +16,27 @@ import (
 // worker is the delivery loop of one endpoint: its own consumer, pacer and
 // goroutines, so nothing it waits for can hold up another endpoint. While
 // the endpoint is idle the worker has no goroutine and no consumer; wake
-// starts its loop again.
+// starts its loop again. An endpoint that never had a delivery has no
+// pacer either: the loop makes it before its first fetch, and it is kept
+// from then on (it holds the circuit breaker's memory of the endpoint).
 type worker struct {
 	m                    *Manager
 	key, namespace, name string
-	pacer                *Pacer
 
-	// ctx ends when the worker is stopped; its fetch loop exits then.
-	ctx    context.Context
-	cancel context.CancelFunc
-	done   chan struct{} // closed once stopped and the loop has exited
+	// pacer is set by beginLoop, under mu, and never changes afterwards; the
+	// loop and its attempts read it without the lock.
+	pacer *Pacer
+	done  chan struct{} // closed once stopped and the loop has exited
 
 	mu  sync.Mutex
 	cfg *workerConfig
 	// cancelLoop ends the current fetch loop so that run recreates the
 	// consumer with new options.
 	cancelLoop context.CancelFunc
+	// cancelRun ends the running loop's context (a child of the Manager's
+	// loopsCtx, made by start and released when the goroutine ends); nil
+	// while no loop runs.
+	cancelRun context.CancelFunc
 	// running is whether a goroutine runs the loop; stopped is set by stop.
 	running, stopped bool
 
@@ -60,15 +65,11 @@ type worker struct {
 }
 
 func newWorker(m *Manager, ep *catalog.Endpoint, cfg *workerConfig) *worker {
-	ctx, cancel := context.WithCancel(m.loopsCtx)
 	return &worker{
 		m:         m,
 		key:       ep.Key(),
 		namespace: ep.Namespace,
 		name:      ep.Name,
-		pacer:     NewPacer(ep.Spec.GetMaxInFlight(), ep.Spec.RateLimit, m.breaker, m.clock),
-		ctx:       ctx,
-		cancel:    cancel,
 		done:      make(chan struct{}),
 		cfg:       cfg,
 	}
@@ -100,9 +101,12 @@ func (w *worker) update(cfg *workerConfig) {
 	if old.consumerOpts != cfg.consumerOpts && w.cancelLoop != nil {
 		w.cancelLoop()
 	}
+	pacer := w.pacer
 	w.mu.Unlock()
-	w.pacer.Update(cfg.endpoint.Spec.GetMaxInFlight(), cfg.endpoint.Spec.RateLimit)
-	old.client.CloseIdleConnections()
+	if pacer != nil {
+		pacer.Update(cfg.endpoint.Spec.GetMaxInFlight(), cfg.endpoint.Spec.RateLimit)
+	}
+	old.closeIdleConnections()
 	w.logger().V(1).Info("Updated delivery configuration", "generation", cfg.endpoint.Generation)
 }
 
@@ -114,17 +118,30 @@ func (w *worker) start() {
 	if w.running || w.stopped {
 		return
 	}
+	ctx, cancel := context.WithCancel(w.m.loopsCtx)
+	w.cancelRun = cancel
 	w.running = true
 	w.idle.Store(false)
-	go w.run()
+	go w.run(ctx)
+}
+
+// endRunLocked releases the context of a loop whose goroutine ends.
+func (w *worker) endRunLocked() {
+	w.running = false
+	if w.cancelRun != nil {
+		w.cancelRun()
+		w.cancelRun = nil
+	}
 }
 
 // stop ends the fetch loop; attempts in flight finish. done is closed once
 // the loop has exited (at once when the endpoint is idle).
 func (w *worker) stop() {
-	w.cancel()
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.cancelRun != nil {
+		w.cancelRun()
+	}
 	if !w.stopped {
 		w.stopped = true
 		if !w.running {
@@ -137,7 +154,7 @@ func (w *worker) stop() {
 func (w *worker) exit() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.running = false
+	w.endRunLocked()
 	if w.stopped {
 		close(w.done)
 	}
@@ -155,7 +172,7 @@ func (w *worker) park(woken uint64) bool {
 		w.idle.Store(false)
 		return false
 	}
-	w.running = false
+	w.endRunLocked()
 	w.logger().V(2).Info("Endpoint idle")
 	return true
 }
@@ -170,7 +187,7 @@ func (w *worker) parkNotOwner() bool {
 		return false
 	}
 	w.idle.Store(true)
-	w.running = false
+	w.endRunLocked()
 	return true
 }
 
@@ -195,10 +212,16 @@ func (w *worker) wake() {
 	w.start()
 }
 
-func (w *worker) beginLoop() (*workerConfig, context.Context, context.CancelFunc) {
+// beginLoop starts a fetch loop within the run's context, making the
+// endpoint's pacer on its first.
+func (w *worker) beginLoop(runCtx context.Context) (*workerConfig, context.Context, context.CancelFunc) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	ctx, cancel := context.WithCancel(w.ctx)
+	if w.pacer == nil {
+		spec := w.cfg.endpoint.Spec
+		w.pacer = NewPacer(spec.GetMaxInFlight(), spec.RateLimit, w.m.breaker, w.m.clock)
+	}
+	ctx, cancel := context.WithCancel(runCtx)
 	w.cancelLoop = cancel
 	return w.cfg, ctx, cancel
 }
@@ -209,8 +232,8 @@ func (w *worker) beginLoop() (*workerConfig, context.Context, context.CancelFunc
 // goroutine ends, until wake starts it again. Otherwise it creates the
 // consumer and fetches until nothing came for the manager's idleAfter,
 // recreating the consumer when its options change.
-func (w *worker) run() {
-	if parked := w.loop(); !parked {
+func (w *worker) run(ctx context.Context) {
+	if parked := w.loop(ctx); !parked {
 		// A retired endpoint's lease is given up now; on shutdown, the
 		// Manager gives them up once the attempts in flight are finished.
 		if w.m.loopsCtx.Err() == nil {
@@ -224,21 +247,21 @@ func (w *worker) run() {
 
 // loop is run's body; it returns true when it parked the worker, false
 // when the worker stopped.
-func (w *worker) loop() (parked bool) {
+func (w *worker) loop(ctx context.Context) (parked bool) {
 	const minRetry, maxRetry = 500 * time.Millisecond, 30 * time.Second
 	retry := minRetry
 	// backOff logs a failed step and waits before the loop tries again.
 	backOff := func(err error, what string) {
 		w.logger().Error(err, "Cannot "+what+", retrying", "retryIn", retry)
-		sleep(w.ctx, retry)
+		sleep(ctx, retry)
 		retry = min(2*retry, maxRetry)
 	}
-	for w.ctx.Err() == nil {
+	for ctx.Err() == nil {
 		// Read before checking: a Wake after this point is not missed.
 		woken := w.wakes.Load()
-		idle, err := w.releaseIfIdle()
+		idle, err := w.releaseIfIdle(ctx)
 		if err != nil {
-			if w.ctx.Err() != nil {
+			if ctx.Err() != nil {
 				break
 			}
 			backOff(err, "check the endpoint's queue")
@@ -250,9 +273,9 @@ func (w *worker) loop() (parked bool) {
 		if idle {
 			continue
 		}
-		owned, err := w.own(w.ctx)
+		owned, err := w.own(ctx)
 		if err != nil {
-			if w.ctx.Err() != nil {
+			if ctx.Err() != nil {
 				break
 			}
 			backOff(err, "take the endpoint's lease")
@@ -265,11 +288,11 @@ func (w *worker) loop() (parked bool) {
 			break
 		}
 
-		cfg, loopCtx, cancel := w.beginLoop()
+		cfg, loopCtx, cancel := w.beginLoop(ctx)
 		consumer, err := w.m.queue.DeliveryConsumer(loopCtx, w.namespace, w.name, cfg.consumerOpts)
 		if err != nil {
 			cancel()
-			if w.ctx.Err() != nil {
+			if ctx.Err() != nil {
 				return false
 			}
 			backOff(err, "create the endpoint's delivery consumer")
@@ -370,8 +393,8 @@ func (w *worker) handBack(msg *queue.Message) {
 // nothing is queued, in flight or waiting for a retry, and reports whether
 // the endpoint is idle. A replica that does not hold the lease leaves the
 // consumer to the one that does.
-func (w *worker) releaseIfIdle() (bool, error) {
-	ctx, cancel := context.WithTimeout(w.ctx, finishTimeout)
+func (w *worker) releaseIfIdle(runCtx context.Context) (bool, error) {
+	ctx, cancel := context.WithTimeout(runCtx, finishTimeout)
 	defer cancel()
 	pending, err := w.m.queue.Pending(ctx, w.namespace, w.name)
 	if err != nil || pending > 0 {
@@ -434,7 +457,22 @@ func (w *worker) process(cfg *workerConfig, msg *queue.Message, ticket *Ticket) 
 		return
 	}
 
-	req, err := cfg.target.BuildRequest(w.m.attemptsCtx, Delivery{
+	snd, err := cfg.sender()
+	if err != nil {
+		// Cannot happen: the configuration was made after the same sender
+		// was built once. Keep the delivery for the next configuration.
+		ticket.Release()
+		w.logger().Error(err, "Cannot build the endpoint's sender; keeping the delivery")
+		o.Reason = ReasonOther
+		if errors.Is(err, ErrNoSigningKey) {
+			o.Reason = ReasonSigningKeyMissing
+		}
+		o.RetryDelay, o.Time = Backoff(o.Attempt, policy.InitialBackoff, policy.MaxBackoff), time.Now()
+		w.nak(msg, o.RetryDelay)
+		w.finish(msg, o, nil)
+		return
+	}
+	req, err := snd.target.BuildRequest(w.m.attemptsCtx, Delivery{
 		Namespace:  w.namespace,
 		Payload:    msg.Data,
 		WebhookID:  o.WebhookID,
@@ -458,7 +496,7 @@ func (w *worker) process(cfg *workerConfig, msg *queue.Message, ticket *Ticket) 
 		return
 	}
 
-	resp, err := cfg.client.Do(req)
+	resp, err := snd.client.Do(req)
 	o.Sent, o.Time, o.Latency = true, time.Now(), resp.Latency
 	res := attemptResult{}
 	if err != nil {
