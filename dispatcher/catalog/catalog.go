@@ -31,15 +31,55 @@ import (
 // label-selected, so the dispatcher never lists, watches or holds a Secret
 // that is not an endpoint's managed Secret. Cached objects are kept without
 // their managedFields, which the dispatcher never reads (it writes status
-// with server-side apply) and which are often the larger part of an object.
+// with server-side apply) and which are often the larger part of an object;
+// managed Secrets keep only what the catalog reads (trimSecret).
 func CacheOptions(scheme *runtime.Scheme) cache.Options {
 	return cache.Options{
 		Scheme:           scheme,
 		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
-			&corev1.Secret{}: {Label: labels.SelectorFromSet(labels.Set{heraldv1.SecretTypeLabel: heraldv1.SecretTypeEndpoint})},
+			&corev1.Secret{}: {
+				Label:     labels.SelectorFromSet(labels.Set{heraldv1.SecretTypeLabel: heraldv1.SecretTypeEndpoint}),
+				Transform: trimSecret,
+			},
 		},
 	}
+}
+
+// trimSecret keeps of a managed Secret what the catalog reads: its
+// identity, its controller (only a Secret the endpoint controls is
+// trusted), the endpoint it is annotated for (EndpointNameAnnotation), its
+// labels and its data. Other owner references and annotations, and
+// managedFields, are dropped; the dispatcher never writes Secrets, so
+// nothing is lost by not caching them.
+func trimSecret(obj any) (any, error) {
+	s, ok := obj.(*corev1.Secret)
+	if !ok {
+		return obj, nil
+	}
+	// In place: the kept map and slice hold one entry each, and the dropped
+	// values are freed with the decoded object's other garbage.
+	for k := range s.Annotations {
+		if k != heraldv1.EndpointNameAnnotation {
+			delete(s.Annotations, k)
+		}
+	}
+	if len(s.Annotations) == 0 {
+		s.Annotations = nil
+	}
+	owners := s.OwnerReferences[:0]
+	for _, ref := range s.OwnerReferences {
+		if ref.Controller != nil && *ref.Controller {
+			owners = append(owners, ref)
+		}
+	}
+	clear(s.OwnerReferences[len(owners):])
+	s.OwnerReferences = owners
+	if len(owners) == 0 {
+		s.OwnerReferences = nil
+	}
+	s.GenerateName, s.Finalizers, s.ManagedFields = "", nil, nil
+	return s, nil
 }
 
 // Catalog holds the Ready endpoints and Subscriptions, rebuilt object by

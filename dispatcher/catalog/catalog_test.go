@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -321,4 +322,44 @@ func TestEndpointsSnapshotIsSharedUntilAnEndpointChanges(t *testing.T) {
 	// Deleted: gone from the next snapshot.
 	g.Expect(k8sClient.Delete(ctx, cur)).To(Succeed())
 	g.Eventually(func() string { return urlIn(cat.Endpoints()) }, 10*time.Second, 50*time.Millisecond).Should(BeEmpty())
+}
+
+// TestTrimSecretKeepsWhatTheCatalogReads: the cached managed Secret keeps
+// its identity, its controller, the endpoint annotation, labels and data,
+// and drops the rest.
+func TestTrimSecretKeepsWhatTheCatalogReads(t *testing.T) {
+	controller := true
+	in := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: "orders-signing", Namespace: "shop", UID: "u-1", ResourceVersion: "42",
+			Labels:      map[string]string{heraldv1.SecretTypeLabel: heraldv1.SecretTypeEndpoint},
+			Annotations: map[string]string{heraldv1.EndpointNameAnnotation: "orders", "example.com/other": strings.Repeat("x", 512)},
+			OwnerReferences: []metav1.OwnerReference{
+				{APIVersion: "example.com/v1", Kind: "Other", Name: "o", UID: "u-2"},
+				{APIVersion: heraldv1.GroupVersion.String(), Kind: "WebhookEndpoint", Name: "orders", UID: "u-3", Controller: &controller},
+			},
+			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "herald-manager"}},
+		},
+		Data: map[string][]byte{heraldv1.SigningKeysKey: []byte("[]")},
+	}
+	out, err := trimSecret(in.DeepCopy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := out.(*corev1.Secret)
+	if got.Name != in.Name || got.Namespace != in.Namespace || got.UID != in.UID || got.ResourceVersion != in.ResourceVersion {
+		t.Errorf("identity changed: %+v", got.ObjectMeta)
+	}
+	if owner := metav1.GetControllerOf(got); owner == nil || owner.UID != "u-3" || len(got.OwnerReferences) != 1 {
+		t.Errorf("owner references %+v, want only the controlling endpoint", got.OwnerReferences)
+	}
+	if len(got.Annotations) != 1 || got.Annotations[heraldv1.EndpointNameAnnotation] != "orders" {
+		t.Errorf("annotations %v, want only %s", got.Annotations, heraldv1.EndpointNameAnnotation)
+	}
+	if got.Labels[heraldv1.SecretTypeLabel] != heraldv1.SecretTypeEndpoint || string(got.Data[heraldv1.SigningKeysKey]) != "[]" || got.ManagedFields != nil {
+		t.Errorf("labels %v, data %v, managedFields %v", got.Labels, got.Data, got.ManagedFields)
+	}
+	if other, err := trimSecret("not a Secret"); err != nil || other != "not a Secret" {
+		t.Errorf("a non-Secret is returned unchanged, got %v, %v", other, err)
+	}
 }

@@ -388,52 +388,15 @@ func TestStatusWritesAreBounded(t *testing.T) {
 
 func gaugeValue(t *testing.T, reg *prometheus.Registry, name, ns, ep string) float64 {
 	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	v, ok := gauge(t, reg, name, ns, ep)
+	if !ok {
+		t.Fatalf("no %s{namespace=%q,endpoint=%q}", name, ns, ep)
 	}
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["namespace"] == ns && labels["endpoint"] == ep {
-				return m.GetGauge().GetValue()
-			}
-		}
-	}
-	t.Fatalf("no %s{namespace=%q,endpoint=%q}", name, ns, ep)
-	return 0
+	return v
 }
 
 func hasGauge(t *testing.T, reg *prometheus.Registry, name, ns, ep string) bool {
 	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			var gotNS, gotEP string
-			for _, l := range m.GetLabel() {
-				switch l.GetName() {
-				case "namespace":
-					gotNS = l.GetValue()
-				case "endpoint":
-					gotEP = l.GetValue()
-				}
-			}
-			if gotNS == ns && gotEP == ep {
-				return true
-			}
-		}
-	}
-	return false
+	_, ok := gauge(t, reg, name, ns, ep)
+	return ok
 }
