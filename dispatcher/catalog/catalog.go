@@ -30,13 +30,15 @@ import (
 // CacheOptions restricts the dispatcher's informers: Secrets are
 // label-selected, so the dispatcher never lists, watches or holds a Secret
 // that is not an endpoint's managed Secret. Cached objects are kept without
-// their managedFields, which the dispatcher never reads (it writes status
-// with server-side apply) and which are often the larger part of an object;
-// managed Secrets keep only what the catalog reads (trimSecret).
+// their managedFields and kubectl's last-applied-configuration annotation
+// (stripUnread), which the dispatcher never reads (it writes status with
+// server-side apply, and patches Redelivery status with a merge patch of
+// status only) and which are often the larger part of an object; managed
+// Secrets keep only what the catalog reads (trimSecret).
 func CacheOptions(scheme *runtime.Scheme) cache.Options {
 	return cache.Options{
 		Scheme:           scheme,
-		DefaultTransform: cache.TransformStripManagedFields(),
+		DefaultTransform: stripUnread,
 		ByObject: map[client.Object]cache.ByObject{
 			&corev1.Secret{}: {
 				Label:     labels.SelectorFromSet(labels.Set{heraldv1.SecretTypeLabel: heraldv1.SecretTypeEndpoint}),
@@ -44,6 +46,27 @@ func CacheOptions(scheme *runtime.Scheme) cache.Options {
 			},
 		},
 	}
+}
+
+// lastAppliedAnnotation is where client-side `kubectl apply` keeps a copy
+// of the object as last applied: as large as the spec again.
+const lastAppliedAnnotation = "kubectl.kubernetes.io/last-applied-configuration"
+
+// stripUnread drops from a cached object what the dispatcher never reads:
+// managedFields and kubectl's last-applied copy.
+func stripUnread(obj any) (any, error) {
+	if o, ok := obj.(metav1.Object); ok {
+		o.SetManagedFields(nil)
+		if a := o.GetAnnotations(); a != nil {
+			if _, ok := a[lastAppliedAnnotation]; ok {
+				delete(a, lastAppliedAnnotation)
+				if len(a) == 0 {
+					o.SetAnnotations(nil)
+				}
+			}
+		}
+	}
+	return obj, nil
 }
 
 // trimSecret keeps of a managed Secret what the catalog reads: its

@@ -363,3 +363,32 @@ func TestTrimSecretKeepsWhatTheCatalogReads(t *testing.T) {
 		t.Errorf("a non-Secret is returned unchanged, got %v, %v", other, err)
 	}
 }
+
+// TestStripUnreadKeepsOtherAnnotations: the cache drops managedFields and
+// kubectl's last-applied copy and keeps every other annotation (the ping
+// annotation is read from the cache).
+func TestStripUnreadKeepsOtherAnnotations(t *testing.T) {
+	ep := &heraldv1.WebhookEndpoint{ObjectMeta: metav1.ObjectMeta{
+		Name: "orders", Namespace: "shop",
+		Annotations: map[string]string{
+			lastAppliedAnnotation:   `{"apiVersion":"herald.dev/v1alpha1","kind":"WebhookEndpoint"}`,
+			heraldv1.PingAnnotation: "1",
+		},
+		ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}},
+	}}
+	out, err := stripUnread(ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := out.(*heraldv1.WebhookEndpoint)
+	if got.ManagedFields != nil || len(got.Annotations) != 1 || got.Annotations[heraldv1.PingAnnotation] != "1" {
+		t.Errorf("managedFields %v, annotations %v; want none and only the ping annotation", got.ManagedFields, got.Annotations)
+	}
+	only := &heraldv1.Subscription{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{lastAppliedAnnotation: "{}"}}}
+	if out, _ := stripUnread(only); out.(*heraldv1.Subscription).Annotations != nil {
+		t.Errorf("annotations %v, want nil once the last-applied copy is gone", out.(*heraldv1.Subscription).Annotations)
+	}
+	if out, err := stripUnread("not an object"); err != nil || out != "not an object" {
+		t.Errorf("a non-object is returned unchanged, got %v, %v", out, err)
+	}
+}
