@@ -523,35 +523,16 @@ type workerConfig struct {
 	retry        heraldv1.RetryPolicy
 	consumerOpts queue.ConsumerOptions
 
-	newSender func() (*sender, error)
-	once      sync.Once
-	built     atomic.Pointer[sender]
-	buildErr  error
+	// sender returns the sender, building it on its first call
+	// (sync.OnceValues); built is set once it was built.
+	sender func() (*sender, error)
+	built  atomic.Pointer[sender]
 }
 
 // sender is what an attempt is built and sent with.
 type sender struct {
 	target *Target
 	client *Client
-}
-
-// sender returns the configuration's sender, building it on first use.
-func (c *workerConfig) sender() (*sender, error) {
-	if s := c.built.Load(); s != nil {
-		return s, nil
-	}
-	c.once.Do(func() {
-		s, err := c.newSender()
-		if err != nil {
-			c.buildErr = err
-			return
-		}
-		c.built.Store(s)
-	})
-	if s := c.built.Load(); s != nil {
-		return s, nil
-	}
-	return nil, c.buildErr
 }
 
 // closeIdleConnections closes the idle connections of the sender, if one
@@ -606,10 +587,17 @@ func (m *Manager) buildConfig(ep *catalog.Endpoint) (*workerConfig, error) {
 		// once it is reached. The pacer bounds what is in flight.
 		opts.MaxAckPending = -1
 	}
-	return &workerConfig{
+	cfg := &workerConfig{
 		endpoint:     ep,
 		retry:        ep.Spec.GetRetry(),
 		consumerOpts: opts,
-		newSender:    func() (*sender, error) { return m.newSender(ep) },
-	}, nil
+	}
+	cfg.sender = sync.OnceValues(func() (*sender, error) {
+		s, err := m.newSender(ep)
+		if err == nil {
+			cfg.built.Store(s)
+		}
+		return s, err
+	})
+	return cfg, nil
 }
