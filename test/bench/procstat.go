@@ -22,6 +22,10 @@ type ProcSample struct {
 	// RSS is the resident set now (VmRSS); PeakRSS the high-water mark
 	// (VmHWM) since the start or the last ResetPeakRSS.
 	RSS, PeakRSS int64
+	// RSSAnon and RSSFile split RSS (RssAnon, RssFile): the process's own
+	// memory, and the pages of mapped files it touched (the binary's code
+	// and data, read in once as code paths first run).
+	RSSAnon, RSSFile int64
 	// Threads is the number of OS threads.
 	Threads int
 }
@@ -42,6 +46,7 @@ func ReadProc(pid int) (ProcSample, error) {
 	}
 	fields := parseStatus(status)
 	s.RSS, s.PeakRSS = fields["VmRSS"]*1024, fields["VmHWM"]*1024
+	s.RSSAnon, s.RSSFile = fields["RssAnon"]*1024, fields["RssFile"]*1024
 	s.Threads = int(fields["Threads"])
 	return s, nil
 }

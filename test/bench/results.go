@@ -179,7 +179,12 @@ func (res *Results) evaluateTargets() {
 	}
 	if s := res.Endpoints1000; s != nil {
 		note := quickNote
+		if m := s.Marginal; m != nil {
+			note = strings.TrimPrefix(note+fmt.Sprintf("; %.1f KiB anonymous, %.1f KiB mapped files; from %d to %d endpoints %.1f KiB each (%.1f anonymous)",
+				s.AnonRSSPerEndpoint/1024, s.FileRSSPerEndpoint/1024, m.From, m.To, m.RSSPerEndpoint/1024, m.AnonRSSPerEndpoint/1024), "; ")
+		}
 		add("RSS per idle endpoint", "≤ 12 KiB", fmt.Sprintf("%.1f KiB (%d endpoints)", s.RSSPerEndpoint/1024, s.Endpoints), b(s.RSSPerEndpoint <= 12*1024), note)
+		note = quickNote
 		add("dispatcher CPU with 1,000 idle endpoints, no traffic", "≤ 1% of a core", fmt.Sprintf("%.1f%% of a core (%.1f%% with no endpoints)", 100*s.IdleCores, 100*s.FreshIdleCores), b(s.IdleCores <= 0.01), note)
 		met := b(s.SubscriptionsReadySeconds <= 60)
 		switch {
@@ -294,7 +299,10 @@ func (res *Results) Markdown() string {
 		} else {
 			p("| Dispatcher RSS fresh / with idle endpoints | %.1f / %.1f MiB |\n", mib(s.RSSBefore), mib(s.RSSEndpoints))
 		}
-		p("| RSS per idle endpoint | %.1f KiB |\n", s.RSSPerEndpoint/1024)
+		p("| RSS per idle endpoint | %.1f KiB (%.1f anonymous, %.1f mapped files) |\n", s.RSSPerEndpoint/1024, s.AnonRSSPerEndpoint/1024, s.FileRSSPerEndpoint/1024)
+		if m := s.Marginal; m != nil {
+			p("| RSS per idle endpoint from %d to %d endpoints | %.1f KiB (%.1f anonymous, %.1f mapped files) |\n", m.From, m.To, m.RSSPerEndpoint/1024, m.AnonRSSPerEndpoint/1024, m.FileRSSPerEndpoint/1024)
+		}
 		if s.Subscriptions > 0 {
 			p("| RSS per Subscription | %.2f KiB |\n", s.RSSPerSubscription/1024)
 		}

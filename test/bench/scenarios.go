@@ -232,29 +232,69 @@ func (r *Runner) isolation(ctx context.Context) (*IsolationResult, error) {
 // taken at once counts garbage already collected. Settled means three
 // readings 2 s apart within 1% of each other; after 90 s the last reading
 // is taken as it is.
-func (r *Runner) settledRSS(ctx context.Context) (int64, error) {
+func (r *Runner) settledRSS(ctx context.Context) (ProcSample, error) {
 	const interval, window, tolerance, limit = 2 * time.Second, 3, 0.01, 90 * time.Second
 	var readings []int64
 	deadline := time.Now().Add(limit)
 	for {
 		p, err := ReadProc(r.dispatcherPID())
 		if err != nil {
-			return 0, err
+			return p, err
 		}
 		readings = append(readings, p.RSS)
 		if n := len(readings); n >= window {
 			last := readings[n-window:]
 			lo, hi := slices.Min(last), slices.Max(last)
 			if float64(hi-lo) <= tolerance*float64(hi) {
-				return p.RSS, nil
+				return p, nil
 			}
 		}
 		if time.Now().After(deadline) {
 			r.say("  dispatcher RSS still moving after %s; taking %.1f MiB", limit, mib(p.RSS))
-			return p.RSS, nil
+			return p, nil
 		}
 		sleepCtx(ctx, interval)
 	}
+}
+
+// MarginalRSS is the dispatcher's RSS growth per idle endpoint between two
+// counts of endpoints.
+type MarginalRSS struct {
+	From               int     `json:"fromEndpoints"`
+	To                 int     `json:"toEndpoints"`
+	RSSPerEndpoint     float64 `json:"rssPerIdleEndpointBytes"`
+	AnonRSSPerEndpoint float64 `json:"anonRssPerIdleEndpointBytes"`
+	FileRSSPerEndpoint float64 `json:"fileRssPerIdleEndpointBytes"`
+}
+
+// addIdleEndpoints creates defs and waits until they are Ready, the
+// delivery stage knows all total endpoints of the scenario as idle, and
+// their first status writes are done; it returns how long creating them
+// until Ready took.
+func (r *Runner) addIdleEndpoints(ctx context.Context, ns string, defs []*endpointDef, total int) (time.Duration, error) {
+	took, err := r.createEndpoints(ctx, ns, defs)
+	if err != nil {
+		return 0, err
+	}
+	// Wait until the delivery stage knows every endpoint and all of them
+	// are idle (no consumer, no loop: nothing is queued for them yet).
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		active, idle, err := r.deliveryEndpoints(ctx)
+		if err != nil {
+			return 0, err
+		}
+		if idle >= total && active == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("the dispatcher has %d active and %d idle endpoints 2 minutes after %d were Ready", active, idle, total)
+		}
+		sleepCtx(ctx, time.Second)
+	}
+	// New endpoints get their first status written, within the status
+	// writer's budget: idle means after that too.
+	return took, r.statusWritesSettled(ctx)
 }
 
 // KillResult is the SIGKILL scenario.
@@ -365,6 +405,14 @@ type ScaleResult struct {
 	RSSSubscriptions   int64   `json:"rssWithSubscriptionsBytes"`
 	RSSPerEndpoint     float64 `json:"rssPerIdleEndpointBytes"`
 	RSSPerSubscription float64 `json:"rssPerSubscriptionBytes"`
+	// AnonRSSPerEndpoint and FileRSSPerEndpoint split RSSPerEndpoint into
+	// the process's own memory and the mapped files' pages (the binary's
+	// code that creating the endpoints ran for the first time).
+	AnonRSSPerEndpoint float64 `json:"anonRssPerIdleEndpointBytes"`
+	FileRSSPerEndpoint float64 `json:"fileRssPerIdleEndpointBytes"`
+	// Marginal is what an endpoint costs once some exist: the growth from
+	// the first batch of endpoints to all of them, per endpoint added.
+	Marginal *MarginalRSS `json:"marginal,omitempty"`
 	// MemStatsDeltaPerEndpoint is the growth of the Go runtime's memory
 	// statistics (HeapInuse, StackInuse, …) per endpoint, in bytes: where
 	// the RSS per endpoint goes.
@@ -459,9 +507,11 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 	if _, err := r.cpuProfile(ctx, "fresh-idle", int(r.p.idleCPU.Seconds())); err != nil {
 		r.say("idle CPU profile failed: %v", err)
 	}
-	if res.RSSBefore, err = r.settledRSS(ctx); err != nil {
+	before, err := r.settledRSS(ctx)
+	if err != nil {
 		return err
 	}
+	res.RSSBefore = before.RSS
 	if res.GoroutinesBefore, err = r.goroutines(ctx); err != nil {
 		return err
 	}
@@ -470,49 +520,52 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 		return err
 	}
 
-	r.say("  creating %d endpoints", n)
+	// The endpoints come in two batches: a fifth, then the rest. The
+	// first batch also runs, once, the code paths an endpoint takes (the
+	// binary's pages they touch count in RSS) and grows the runtime's and
+	// the informers' fixed structures; the second measures what one more
+	// idle endpoint costs.
 	defs := make([]*endpointDef, n)
 	for i := range defs {
 		defs[i] = &endpointDef{Name: fmt.Sprintf("ep-%d", i), Behaviour: Healthy, LedgerEndpoint: i}
 	}
-	took, err := r.createEndpoints(ctx, ns, defs)
+	first := n / 5
+	r.say("  creating %d endpoints, then %d more", first, n-first)
+	took, err := r.addIdleEndpoints(ctx, ns, defs[:first], first)
 	if err != nil {
 		return err
 	}
+	mid, err := r.settledRSS(ctx)
+	if err != nil {
+		return err
+	}
+	more, err := r.addIdleEndpoints(ctx, ns, defs[first:], n)
+	if err != nil {
+		return err
+	}
+	took += more
 	res.EndpointsReadySeconds = took.Seconds()
 	r.say("  %d endpoints Ready in %.1f s", n, took.Seconds())
-
-	// Wait until the delivery stage knows every endpoint and all of them
-	// are idle (no consumer, no loop: nothing is queued for them yet).
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		active, idle, err := r.deliveryEndpoints(ctx)
-		if err != nil {
-			return err
-		}
-		if idle >= n && active == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the dispatcher has %d active and %d idle endpoints 2 minutes after %d were Ready", active, idle, n)
-		}
-		sleepCtx(ctx, time.Second)
-	}
-	// New endpoints get their first status written, within the status
-	// writer's budget: idle means after that too.
-	if err := r.statusWritesSettled(ctx); err != nil {
+	after, err := r.settledRSS(ctx)
+	if err != nil {
 		return err
 	}
-	if res.RSSEndpoints, err = r.settledRSS(ctx); err != nil {
-		return err
+	res.RSSEndpoints = after.RSS
+	res.RSSPerEndpoint = float64(after.RSS-before.RSS) / float64(n)
+	res.Marginal = &MarginalRSS{
+		From: first, To: n,
+		RSSPerEndpoint:     float64(after.RSS-mid.RSS) / float64(n-first),
+		AnonRSSPerEndpoint: float64(after.RSSAnon-mid.RSSAnon) / float64(n-first),
+		FileRSSPerEndpoint: float64(after.RSSFile-mid.RSSFile) / float64(n-first),
 	}
+	res.AnonRSSPerEndpoint = float64(after.RSSAnon-before.RSSAnon) / float64(n)
+	res.FileRSSPerEndpoint = float64(after.RSSFile-before.RSSFile) / float64(n)
 	if res.IdleCores, err = r.idleCores(ctx); err != nil {
 		return err
 	}
 	if _, err := r.cpuProfile(ctx, "endpoints-idle", int(r.p.idleCPU.Seconds())); err != nil {
 		r.say("idle CPU profile failed: %v", err)
 	}
-	res.RSSPerEndpoint = float64(res.RSSEndpoints-res.RSSBefore) / float64(n)
 	res.GoroutinesIdle, _ = r.goroutines(ctx)
 	if _, err := r.heapProfile(ctx, "endpoints-idle"); err != nil {
 		r.say("heap profile failed: %v", err)
@@ -523,8 +576,10 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 			res.MemStatsDeltaPerEndpoint[k] = float64(v-memBefore[k]) / float64(n)
 		}
 	}
-	r.say("  dispatcher RSS %.1f MiB → %.1f MiB with %d idle endpoints: %.1f KiB each; %d goroutines; idle CPU %.3f cores",
-		mib(res.RSSBefore), mib(res.RSSEndpoints), n, res.RSSPerEndpoint/1024, res.GoroutinesIdle, res.IdleCores)
+	r.say("  dispatcher RSS %.1f MiB → %.1f MiB with %d idle endpoints: %.1f KiB each (anonymous %.1f, mapped files %.1f); from %d to %d endpoints %.1f KiB each (anonymous %.1f, mapped files %.1f); %d goroutines; idle CPU %.3f cores",
+		mib(res.RSSBefore), mib(res.RSSEndpoints), n, res.RSSPerEndpoint/1024, res.AnonRSSPerEndpoint/1024, res.FileRSSPerEndpoint/1024,
+		first, n, res.Marginal.RSSPerEndpoint/1024, res.Marginal.AnonRSSPerEndpoint/1024, res.Marginal.FileRSSPerEndpoint/1024,
+		res.GoroutinesIdle, res.IdleCores)
 
 	return nil
 }
