@@ -440,7 +440,7 @@ func (c *Catalog) rebuildEndpoint(ctx context.Context, namespace, name string) {
 		pending = unreconciled
 		switch state {
 		case stateReady:
-			next = c.endpointFrom(ctx, ep)
+			next = c.endpointFrom(ctx, key, ep)
 		case statePending:
 			// The last known good configuration of this same object (not
 			// of a deleted one of the same name), with the managed
@@ -452,7 +452,7 @@ func (c *Catalog) rebuildEndpoint(ctx context.Context, namespace, name string) {
 			if last != nil && last.UID == ep.UID {
 				lastGood := ep.DeepCopy()
 				lastGood.Generation, lastGood.Spec = last.Generation, *last.Spec.DeepCopy()
-				next = c.endpointFrom(ctx, lastGood)
+				next = c.endpointFrom(ctx, key, lastGood)
 			}
 		}
 	}
@@ -491,8 +491,9 @@ func (c *Catalog) rebuildEndpoint(ctx context.Context, namespace, name string) {
 // endpointFrom builds the snapshot of a Ready endpoint. A missing or
 // unreadable managed Secret leaves Keys empty: delivery pauses (events stay
 // queued) and health reports SigningKeyMissing.
-func (c *Catalog) endpointFrom(ctx context.Context, ep *heraldv1.WebhookEndpoint) *Endpoint {
+func (c *Catalog) endpointFrom(ctx context.Context, key string, ep *heraldv1.WebhookEndpoint) *Endpoint {
 	out := &Endpoint{
+		key:        key,
 		Namespace:  ep.Namespace,
 		Name:       ep.Name,
 		UID:        ep.UID,

@@ -47,10 +47,19 @@ type Endpoint struct {
 	// allKeys includes expired keys not yet pruned by the manager; the
 	// catalog rebuilds the snapshot when the next one expires.
 	allKeys []heraldv1.SigningKey
+	// key is Key(Namespace, Name), the string the catalog's map holds,
+	// kept so that the stages, which look endpoints up by key on every
+	// catalog change and every scrape, do not build it each time.
+	key string
 }
 
 // Key returns "namespace/name".
-func (e *Endpoint) Key() string { return Key(e.Namespace, e.Name) }
+func (e *Endpoint) Key() string {
+	if e.key != "" {
+		return e.key
+	}
+	return Key(e.Namespace, e.Name)
+}
 
 // Key is the "namespace/name" key the catalog and the delivery stage know
 // an object by.
