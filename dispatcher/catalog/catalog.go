@@ -34,12 +34,14 @@ import (
 // (stripUnread), which the dispatcher never reads (it writes status with
 // server-side apply, and patches Redelivery status with a merge patch of
 // status only) and which are often the larger part of an object; managed
-// Secrets keep only what the catalog reads (trimSecret).
+// Secrets keep only what the catalog reads (trimSecret), WebhookEndpoints
+// lose the status the dispatcher never reads (trimEndpoint).
 func CacheOptions(scheme *runtime.Scheme) cache.Options {
 	return cache.Options{
 		Scheme:           scheme,
 		DefaultTransform: stripUnread,
 		ByObject: map[client.Object]cache.ByObject{
+			&heraldv1.WebhookEndpoint{}: {Transform: trimEndpoint},
 			&corev1.Secret{}: {
 				Label:     labels.SelectorFromSet(labels.Set{heraldv1.SecretTypeLabel: heraldv1.SecretTypeEndpoint}),
 				Transform: trimSecret,
@@ -67,6 +69,30 @@ func stripUnread(obj any) (any, error) {
 		}
 	}
 	return obj, nil
+}
+
+// trimEndpoint is stripUnread for a WebhookEndpoint, which also drops the
+// status the dispatcher never reads: status.signing (the manager's report
+// on the keys; the catalog reads the keys from the managed Secret) and the
+// messages of conditions other than DeliveryHealthy. The catalog reads
+// Ready's status and observedGeneration, the ping handler Stalled's
+// status, and the health reporter DeliveryHealthy in full, which it
+// compares with the condition it would write. The dispatcher writes
+// endpoints' status with server-side apply of its own fields only, so
+// nothing dropped here is ever written back.
+func trimEndpoint(obj any) (any, error) {
+	obj, _ = stripUnread(obj)
+	ep, ok := obj.(*heraldv1.WebhookEndpoint)
+	if !ok {
+		return obj, nil
+	}
+	ep.Status.Signing = nil
+	for i := range ep.Status.Conditions {
+		if c := &ep.Status.Conditions[i]; c.Type != heraldv1.DeliveryHealthyCondition {
+			c.Message = ""
+		}
+	}
+	return ep, nil
 }
 
 // trimSecret keeps of a managed Secret what the catalog reads: its

@@ -13,6 +13,7 @@ import (
 	"github.com/go-logr/logr"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -361,6 +362,59 @@ func TestTrimSecretKeepsWhatTheCatalogReads(t *testing.T) {
 	}
 	if other, err := trimSecret("not a Secret"); err != nil || other != "not a Secret" {
 		t.Errorf("a non-Secret is returned unchanged, got %v, %v", other, err)
+	}
+}
+
+// TestTrimEndpointKeepsWhatTheDispatcherReads: the cached WebhookEndpoint
+// keeps its spec, the ping annotation, the conditions' states and
+// DeliveryHealthy in full (the health reporter compares it with what it
+// would write), and loses the last-applied copy, status.signing and the
+// other conditions' messages.
+func TestTrimEndpointKeepsWhatTheDispatcherReads(t *testing.T) {
+	now := metav1.Now()
+	in := &heraldv1.WebhookEndpoint{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: "orders", Namespace: "shop", UID: "u-1", ResourceVersion: "42", Generation: 3,
+			Annotations: map[string]string{lastAppliedAnnotation: "{}", heraldv1.PingAnnotation: "1"},
+		},
+		Spec: heraldv1.WebhookEndpointSpec{URL: "https://receiver.example.com/hooks"},
+		Status: heraldv1.WebhookEndpointStatus{
+			ObservedGeneration: 3,
+			Conditions: []metav1.Condition{
+				{Type: heraldv1.ReadyCondition, Status: metav1.ConditionTrue, Reason: "Ready", Message: "The endpoint is configured", ObservedGeneration: 3, LastTransitionTime: now},
+				{Type: heraldv1.DeliveryHealthyCondition, Status: metav1.ConditionTrue, Reason: heraldv1.DeliveringReason, Message: "Deliveries succeed", ObservedGeneration: 3, LastTransitionTime: now},
+			},
+			SigningSecretRef: &heraldv1.LocalObjectReference{Name: "orders-signing"},
+			Signing:          &heraldv1.SigningStatus{ValidKeys: 1, CurrentKeySince: &now},
+			Delivery:         &heraldv1.DeliveryStatus{Pending: 2, GoneGeneration: 1},
+		},
+	}
+	out, err := trimEndpoint(in.DeepCopy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := out.(*heraldv1.WebhookEndpoint)
+	if got.Name != in.Name || got.UID != in.UID || got.ResourceVersion != in.ResourceVersion || got.Generation != in.Generation || got.Spec.URL != in.Spec.URL {
+		t.Errorf("identity or spec changed: %+v", got)
+	}
+	if len(got.Annotations) != 1 || got.Annotations[heraldv1.PingAnnotation] != "1" {
+		t.Errorf("annotations %v, want only the ping annotation", got.Annotations)
+	}
+	if got.Status.Signing != nil {
+		t.Errorf("status.signing %+v, want it dropped", got.Status.Signing)
+	}
+	ready := apimeta.FindStatusCondition(got.Status.Conditions, heraldv1.ReadyCondition)
+	if ready == nil || ready.Status != metav1.ConditionTrue || ready.ObservedGeneration != 3 || ready.Reason != "Ready" || ready.Message != "" {
+		t.Errorf("Ready %+v, want its state without the message", ready)
+	}
+	if healthy := apimeta.FindStatusCondition(got.Status.Conditions, heraldv1.DeliveryHealthyCondition); healthy == nil || *healthy != in.Status.Conditions[1] {
+		t.Errorf("DeliveryHealthy %+v, want it unchanged", healthy)
+	}
+	if got.Status.SigningSecretRef == nil || got.Status.SigningSecretRef.Name != "orders-signing" || got.Status.Delivery == nil || *got.Status.Delivery != *in.Status.Delivery {
+		t.Errorf("signingSecretRef %+v, delivery %+v, want both kept", got.Status.SigningSecretRef, got.Status.Delivery)
+	}
+	if other, err := trimEndpoint(&heraldv1.Subscription{}); err != nil || other == nil {
+		t.Errorf("a non-endpoint is returned, got %v, %v", other, err)
 	}
 }
 
