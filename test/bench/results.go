@@ -106,6 +106,17 @@ func (t Target) verdict() string {
 	}
 }
 
+// idleRSSNote adds to note the split of the RSS per idle endpoint and its
+// marginal figure, when the run measured them.
+func idleRSSNote(s *ScaleResult, note string) string {
+	m := s.Marginal
+	if m == nil {
+		return note
+	}
+	return strings.TrimPrefix(note+fmt.Sprintf("; %.1f KiB anonymous, %.1f KiB mapped files; from %d to %d endpoints %.1f KiB each (%.1f anonymous)",
+		s.AnonRSSPerEndpoint/1024, s.FileRSSPerEndpoint/1024, m.From, m.To, m.RSSPerEndpoint/1024, m.AnonRSSPerEndpoint/1024), "; ")
+}
+
 func (res *Results) evaluateTargets() {
 	add := func(name, target, value string, met *bool, note string) {
 		res.Targets = append(res.Targets, Target{Name: name, Target: target, Value: value, Met: met, Note: note})
@@ -179,12 +190,7 @@ func (res *Results) evaluateTargets() {
 	}
 	if s := res.Endpoints1000; s != nil {
 		note := quickNote
-		if m := s.Marginal; m != nil {
-			note = strings.TrimPrefix(note+fmt.Sprintf("; %.1f KiB anonymous, %.1f KiB mapped files; from %d to %d endpoints %.1f KiB each (%.1f anonymous)",
-				s.AnonRSSPerEndpoint/1024, s.FileRSSPerEndpoint/1024, m.From, m.To, m.RSSPerEndpoint/1024, m.AnonRSSPerEndpoint/1024), "; ")
-		}
-		add("RSS per idle endpoint", "≤ 12 KiB", fmt.Sprintf("%.1f KiB (%d endpoints)", s.RSSPerEndpoint/1024, s.Endpoints), b(s.RSSPerEndpoint <= 12*1024), note)
-		note = quickNote
+		add("RSS per idle endpoint", "≤ 12 KiB", fmt.Sprintf("%.1f KiB (%d endpoints)", s.RSSPerEndpoint/1024, s.Endpoints), b(s.RSSPerEndpoint <= 12*1024), idleRSSNote(s, note))
 		add("dispatcher CPU with 1,000 idle endpoints, no traffic", "≤ 1% of a core", fmt.Sprintf("%.1f%% of a core (%.1f%% with no endpoints)", 100*s.IdleCores, 100*s.FreshIdleCores), b(s.IdleCores <= 0.01), note)
 		met := b(s.SubscriptionsReadySeconds <= 60)
 		switch {
