@@ -354,14 +354,45 @@ func TestTrimSecretKeepsWhatTheCatalogReads(t *testing.T) {
 	if owner := metav1.GetControllerOf(got); owner == nil || owner.UID != "u-3" || len(got.OwnerReferences) != 1 {
 		t.Errorf("owner references %+v, want only the controlling endpoint", got.OwnerReferences)
 	}
-	if len(got.Annotations) != 1 || got.Annotations[heraldv1.EndpointNameAnnotation] != "orders" {
-		t.Errorf("annotations %v, want only %s", got.Annotations, heraldv1.EndpointNameAnnotation)
+	if got.Annotations != nil || got.Labels != nil {
+		t.Errorf("annotations %v, labels %v, want none", got.Annotations, got.Labels)
 	}
-	if got.Labels[heraldv1.SecretTypeLabel] != heraldv1.SecretTypeEndpoint || string(got.Data[heraldv1.SigningKeysKey]) != "[]" || got.ManagedFields != nil {
-		t.Errorf("labels %v, data %v, managedFields %v", got.Labels, got.Data, got.ManagedFields)
+	if string(got.Data[heraldv1.SigningKeysKey]) != "[]" || got.ManagedFields != nil {
+		t.Errorf("data %v, managedFields %v", got.Data, got.ManagedFields)
+	}
+	if ep := controllingEndpoint(got); ep != "orders" {
+		t.Errorf("the trimmed Secret names endpoint %q, want orders", ep)
 	}
 	if other, err := trimSecret("not a Secret"); err != nil || other != "not a Secret" {
 		t.Errorf("a non-Secret is returned unchanged, got %v, %v", other, err)
+	}
+}
+
+// TestControllingEndpoint: a managed Secret is mapped to the endpoint that
+// controls it, and to nothing when its controller is anything else.
+func TestControllingEndpoint(t *testing.T) {
+	controller := true
+	owned := func(apiVersion, kind string, isController bool) *corev1.Secret {
+		c := isController
+		return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{OwnerReferences: []metav1.OwnerReference{
+			{APIVersion: apiVersion, Kind: kind, Name: "orders", UID: "u-1", Controller: &c},
+		}}}
+	}
+	for _, tc := range []struct {
+		name   string
+		secret *corev1.Secret
+		want   string
+	}{
+		{"controlled by an endpoint", owned(heraldv1.GroupVersion.String(), "WebhookEndpoint", controller), "orders"},
+		{"another version of the group", owned(heraldv1.GroupVersion.Group+"/v9", "WebhookEndpoint", controller), "orders"},
+		{"owned, not controlled", owned(heraldv1.GroupVersion.String(), "WebhookEndpoint", false), ""},
+		{"another group's kind of that name", owned("example.com/v1", "WebhookEndpoint", controller), ""},
+		{"another kind", owned(heraldv1.GroupVersion.String(), "Subscription", controller), ""},
+		{"no owner", &corev1.Secret{}, ""},
+	} {
+		if got := controllingEndpoint(tc.secret); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
 	}
 }
 
