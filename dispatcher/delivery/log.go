@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"encoding/json"
 	"time"
 
 	deliveryv1 "github.com/herald-dev/herald/api/delivery/v1alpha1"
@@ -20,8 +21,16 @@ type Recorder interface {
 // It carries the response's start, and the queued message on records that
 // end the delivery, so that a Redelivery can queue it again; never request
 // headers or key material.
-func logEntry(namespace, endpoint string, msg *queue.Message, o *Outcome, body []byte) deliverylog.Entry {
-	ev := eventContext(msg.Data)
+//
+// parsed is the payload as parseEvent read it, nil when it was not parsed
+// (its context is then read from msg.Data).
+func logEntry(namespace, endpoint string, msg *queue.Message, parsed *cloudEvent, o *Outcome, body []byte) deliverylog.Entry {
+	var ev deliverylog.Event
+	if parsed != nil {
+		ev = eventContextOf(parsed.attrs)
+	} else {
+		ev = eventContext(msg.Data)
+	}
 	e := deliverylog.Entry{
 		Namespace:  namespace,
 		Endpoint:   endpoint,
@@ -63,6 +72,11 @@ func eventContext(payload []byte) deliverylog.Event {
 	if err != nil || attrs == nil {
 		return deliverylog.Event{}
 	}
+	return eventContextOf(attrs)
+}
+
+// eventContextOf is eventContext of a payload's top-level members.
+func eventContextOf(attrs map[string]json.RawMessage) deliverylog.Event {
 	str := func(name string) string {
 		v, _, _ := stringAttr(attrs, name)
 		return v

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	deliveryv1 "github.com/herald-dev/herald/api/delivery/v1alpha1"
 	"github.com/herald-dev/herald/dispatcher/catalog"
@@ -78,5 +79,30 @@ func TestManagerRecordsEveryAttemptInTheLog(t *testing.T) {
 		len(ok.Response) != deliverylog.MaxResponseBytes || string(ok.Payload) != string(testEvent("o-1")) {
 		t.Errorf("success entry = phase %s attempt %d status %d error %q response %d bytes payload %q",
 			ok.Phase, ok.Attempt, ok.StatusCode, ok.Error, len(ok.Response), ok.Payload)
+	}
+}
+
+// BenchmarkLogEntry builds the delivery log's record of a success from
+// the payload the attempt already parsed (what the worker does) and from
+// the raw payload alone (what it did before, parsing it a second time).
+func BenchmarkLogEntry(b *testing.B) {
+	msg := &queue.Message{Data: testEvent("o-1")}
+	ev, err := parseEvent(msg.Data)
+	if err != nil {
+		b.Fatal(err)
+	}
+	o := &Outcome{Success: true, WebhookID: "msg_bench", Attempt: 1, Time: time.Now(), StatusCode: http.StatusOK}
+	for _, c := range []struct {
+		name   string
+		parsed *cloudEvent
+	}{{"parsed", ev}, {"unparsed", nil}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if e := logEntry("shop", "orders", msg, c.parsed, o, nil); e.Event.ID != "o-1" {
+					b.Fatalf("event %+v", e.Event)
+				}
+			}
+		})
 	}
 }

@@ -178,6 +178,11 @@ func (t *Target) BuildRequest(ctx context.Context, d Delivery, now time.Time) (*
 	if err != nil {
 		return nil, err
 	}
+	return t.buildRequest(ctx, ev, d, now)
+}
+
+// buildRequest is BuildRequest for a payload already parsed into ev.
+func (t *Target) buildRequest(ctx context.Context, ev *cloudEvent, d Delivery, now time.Time) (*http.Request, error) {
 	signer, err := t.keys.signer(now)
 	if err != nil {
 		return nil, err

@@ -3,6 +3,7 @@ package delivery
 import (
 	"context"
 	"errors"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -453,7 +454,7 @@ func (w *worker) process(cfg *workerConfig, msg *queue.Message, ticket *Ticket) 
 		ticket.Release()
 		o.Reason = ReasonMaxAge
 		w.deadLetter(msg, ReasonMaxAge, &o)
-		w.finish(msg, o, nil)
+		w.finish(msg, nil, o, nil)
 		return
 	}
 
@@ -469,15 +470,20 @@ func (w *worker) process(cfg *workerConfig, msg *queue.Message, ticket *Ticket) 
 		}
 		o.RetryDelay, o.Time = Backoff(o.Attempt, policy.InitialBackoff, policy.MaxBackoff), time.Now()
 		w.nak(msg, o.RetryDelay)
-		w.finish(msg, o, nil)
+		w.finish(msg, nil, o, nil)
 		return
 	}
-	req, err := snd.target.BuildRequest(w.m.attemptsCtx, Delivery{
-		Namespace:  w.namespace,
-		Payload:    msg.Data,
-		WebhookID:  o.WebhookID,
-		IngestedAt: ingested,
-	}, w.m.now())
+	// Parsed once, for the request and for the delivery log's record.
+	ev, err := parseEvent(msg.Data)
+	var req *http.Request
+	if err == nil {
+		req, err = snd.target.buildRequest(w.m.attemptsCtx, ev, Delivery{
+			Namespace:  w.namespace,
+			Payload:    msg.Data,
+			WebhookID:  o.WebhookID,
+			IngestedAt: ingested,
+		}, w.m.now())
+	}
 	if err != nil {
 		ticket.Release()
 		if errors.Is(err, errInvalidEvent) {
@@ -492,7 +498,7 @@ func (w *worker) process(cfg *workerConfig, msg *queue.Message, ticket *Ticket) 
 			w.nak(msg, o.RetryDelay)
 		}
 		o.Time = time.Now()
-		w.finish(msg, o, nil)
+		w.finish(msg, ev, o, nil)
 		return
 	}
 
@@ -546,7 +552,7 @@ func (w *worker) process(cfg *workerConfig, msg *queue.Message, ticket *Ticket) 
 		w.m.markGone(w, ep.Generation)
 		w.handBack(msg)
 	}
-	w.finish(msg, o, res.body)
+	w.finish(msg, ev, o, res.body)
 }
 
 // nak schedules the redelivery of msg after delay. A full-jitter draw
@@ -577,10 +583,11 @@ func (w *worker) deadLetter(msg *queue.Message, reason string, o *Outcome) {
 const deadLetterRetryDelay = 5 * time.Second
 
 // finish reports the outcome of a processed delivery and records it in
-// the delivery log, with the start of the response body.
-func (w *worker) finish(msg *queue.Message, o Outcome, body []byte) {
+// the delivery log, with the start of the response body. ev is the parsed
+// payload, nil when it was not parsed (or could not be).
+func (w *worker) finish(msg *queue.Message, ev *cloudEvent, o Outcome, body []byte) {
 	if w.m.recorder != nil {
-		w.m.recorder.Record(logEntry(w.namespace, w.name, msg, &o, body))
+		w.m.recorder.Record(logEntry(w.namespace, w.name, msg, ev, &o, body))
 	}
 	w.report(o)
 }
