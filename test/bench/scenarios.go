@@ -267,6 +267,18 @@ type MarginalRSS struct {
 	FileRSSPerEndpoint float64 `json:"fileRssPerIdleEndpointBytes"`
 }
 
+// rssGrowth is the RSS growth from reading a, with from endpoints, to
+// reading b, with to endpoints, per endpoint added.
+func rssGrowth(a, b ProcSample, from, to int) MarginalRSS {
+	added := float64(to - from)
+	return MarginalRSS{
+		From: from, To: to,
+		RSSPerEndpoint:     float64(b.RSS-a.RSS) / added,
+		AnonRSSPerEndpoint: float64(b.RSSAnon-a.RSSAnon) / added,
+		FileRSSPerEndpoint: float64(b.RSSFile-a.RSSFile) / added,
+	}
+}
+
 // addIdleEndpoints creates defs and waits until they are Ready, the
 // delivery stage knows all total endpoints of the scenario as idle, and
 // their first status writes are done; it returns how long creating them
@@ -551,15 +563,9 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 		return err
 	}
 	res.RSSEndpoints = after.RSS
-	res.RSSPerEndpoint = float64(after.RSS-before.RSS) / float64(n)
-	res.Marginal = &MarginalRSS{
-		From: first, To: n,
-		RSSPerEndpoint:     float64(after.RSS-mid.RSS) / float64(n-first),
-		AnonRSSPerEndpoint: float64(after.RSSAnon-mid.RSSAnon) / float64(n-first),
-		FileRSSPerEndpoint: float64(after.RSSFile-mid.RSSFile) / float64(n-first),
-	}
-	res.AnonRSSPerEndpoint = float64(after.RSSAnon-before.RSSAnon) / float64(n)
-	res.FileRSSPerEndpoint = float64(after.RSSFile-before.RSSFile) / float64(n)
+	whole, marginal := rssGrowth(before, after, 0, n), rssGrowth(mid, after, first, n)
+	res.RSSPerEndpoint, res.AnonRSSPerEndpoint, res.FileRSSPerEndpoint = whole.RSSPerEndpoint, whole.AnonRSSPerEndpoint, whole.FileRSSPerEndpoint
+	res.Marginal = &marginal
 	if res.IdleCores, err = r.idleCores(ctx); err != nil {
 		return err
 	}
