@@ -312,6 +312,9 @@ func (res *Results) Markdown() string {
 		if s.Subscriptions > 0 {
 			p("| RSS per Subscription | %.2f KiB |\n", s.RSSPerSubscription/1024)
 		}
+		if s.IdleGC[0] != "" {
+			p("| Idle GC setting at the readings, fresh / with idle endpoints | %s / %s |\n", s.IdleGC[0], s.IdleGC[1])
+		}
 		p("| Goroutines fresh / with idle endpoints | %d / %d |\n", s.GoroutinesBefore, s.GoroutinesIdle)
 		p("| Dispatcher CPU while idle, no endpoints / 1,000 idle endpoints | %.3f / %.3f cores |\n", s.FreshIdleCores, s.IdleCores)
 		for _, k := range []string{"HeapInuse", "StackInuse", "HeapIdle", "Sys"} {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -257,6 +258,35 @@ func (r *Runner) settledRSS(ctx context.Context) (ProcSample, error) {
 	}
 }
 
+// waitIdleGC waits up to a minute for the dispatcher to switch to its idle
+// garbage-collector setting (herald_dispatcher_gc_idle), which it does
+// after 15 s of little allocation: an idle dispatcher's RSS is read in
+// that state. It returns "idle", "busy" (still not idle after the minute,
+// or the metrics could not be read) or "absent" (a build without the
+// setting, as a comparison's base may be).
+func (r *Runner) waitIdleGC(ctx context.Context) string {
+	const name = "herald_dispatcher_gc_idle"
+	deadline := time.Now().Add(time.Minute)
+	for {
+		body, err := r.metrics(ctx)
+		switch {
+		case err != nil:
+			r.say("  reading %s: %v", name, err)
+			return "busy"
+		case !strings.Contains(body, name+" "):
+			return "absent"
+		}
+		if v, err := r.metricSum(ctx, name); err == nil && v == 1 {
+			return "idle"
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			r.say("  the dispatcher's idle GC setting is still not in force after a minute")
+			return "busy"
+		}
+		sleepCtx(ctx, time.Second)
+	}
+}
+
 // MarginalRSS is the dispatcher's RSS growth per idle endpoint between two
 // counts of endpoints.
 type MarginalRSS struct {
@@ -429,8 +459,12 @@ type ScaleResult struct {
 	// statistics (HeapInuse, StackInuse, …) per endpoint, in bytes: where
 	// the RSS per endpoint goes.
 	MemStatsDeltaPerEndpoint map[string]float64 `json:"memStatsDeltaPerEndpoint,omitempty"`
-	GoroutinesBefore         int                `json:"goroutinesBefore"`
-	GoroutinesIdle           int                `json:"goroutinesWithEndpoints"`
+	// IdleGC says whether the dispatcher's idle garbage-collector setting
+	// (--idle-gc-percent) was in force at the RSS readings, before and
+	// with the endpoints: "idle", "busy", or "absent" in builds without it.
+	IdleGC           [2]string `json:"idleGC"`
+	GoroutinesBefore int       `json:"goroutinesBefore"`
+	GoroutinesIdle   int       `json:"goroutinesWithEndpoints"`
 	// IdleCores is the dispatcher's CPU use while the endpoints sit idle
 	// and nothing is published; FreshIdleCores the same before the
 	// endpoints were created.
@@ -519,6 +553,7 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 	if _, err := r.cpuProfile(ctx, "fresh-idle", int(r.p.idleCPU.Seconds())); err != nil {
 		r.say("idle CPU profile failed: %v", err)
 	}
+	res.IdleGC[0] = r.waitIdleGC(ctx)
 	before, err := r.settledRSS(ctx)
 	if err != nil {
 		return err
@@ -547,6 +582,7 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 	if err != nil {
 		return err
 	}
+	r.waitIdleGC(ctx)
 	mid, err := r.settledRSS(ctx)
 	if err != nil {
 		return err
@@ -558,6 +594,7 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 	took += more
 	res.EndpointsReadySeconds = took.Seconds()
 	r.say("  %d endpoints Ready in %.1f s", n, took.Seconds())
+	res.IdleGC[1] = r.waitIdleGC(ctx)
 	after, err := r.settledRSS(ctx)
 	if err != nil {
 		return err
@@ -582,10 +619,10 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 			res.MemStatsDeltaPerEndpoint[k] = float64(v-memBefore[k]) / float64(n)
 		}
 	}
-	r.say("  dispatcher RSS %.1f MiB → %.1f MiB with %d idle endpoints: %.1f KiB each (anonymous %.1f, mapped files %.1f); from %d to %d endpoints %.1f KiB each (anonymous %.1f, mapped files %.1f); %d goroutines; idle CPU %.3f cores",
+	r.say("  dispatcher RSS %.1f MiB → %.1f MiB with %d idle endpoints: %.1f KiB each (anonymous %.1f, mapped files %.1f); from %d to %d endpoints %.1f KiB each (anonymous %.1f, mapped files %.1f); %d goroutines; idle CPU %.3f cores; idle GC setting %s / %s",
 		mib(res.RSSBefore), mib(res.RSSEndpoints), n, res.RSSPerEndpoint/1024, res.AnonRSSPerEndpoint/1024, res.FileRSSPerEndpoint/1024,
 		first, n, res.Marginal.RSSPerEndpoint/1024, res.Marginal.AnonRSSPerEndpoint/1024, res.Marginal.FileRSSPerEndpoint/1024,
-		res.GoroutinesIdle, res.IdleCores)
+		res.GoroutinesIdle, res.IdleCores, res.IdleGC[0], res.IdleGC[1])
 
 	return nil
 }
