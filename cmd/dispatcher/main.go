@@ -129,7 +129,7 @@ func main() {
 	flag.StringVar(&o.deliveryAPIKeyFile, "delivery-api-tls-key-file", "", "Private key of --delivery-api-tls-cert-file.")
 	flag.StringVar(&o.logLevel, "log-level", "info", "Log level: debug, info, warn or error.")
 	flag.IntVar(&o.gcPercent, "gc-percent", defaultGCPercent, "Go garbage collector target (as GOGC, which overrides it): heap growth in percent between collections. Higher spends less CPU on collection and more memory.")
-	flag.IntVar(&o.idleGCPercent, "idle-gc-percent", idlegc.DefaultIdlePercent, "Garbage collector target while the dispatcher is idle (allocating less than that headroom every 5 s for 15 s); on becoming idle it returns the heap's free pages to the system. 0 keeps --gc-percent always; unused when GOGC is set.")
+	flag.IntVar(&o.idleGCPercent, "idle-gc-percent", idlegc.DefaultIdlePercent, "Garbage collector target while the dispatcher is idle (the last 30 s allocated at most that headroom per 5 s on average); on becoming idle it returns the heap's free pages to the system, and 5 s that allocate more than two headrooms restore --gc-percent. 0 keeps --gc-percent always; unused when GOGC is set.")
 	flag.StringVar(&o.memoryLimit, "memory-limit", "", "Soft memory limit of the Go runtime (as GOMEMLIMIT, which overrides it), a Kubernetes quantity such as 460Mi; the collector works harder near it. The manager sets it to 90% of the container's memory limit. Empty for none.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)

@@ -11,14 +11,18 @@
 //
 // Controller runs a smaller GOGC while the dispatcher is idle, and returns
 // the heap's free pages to the system when it becomes idle; the JVM's G1
-// does the same with its periodic collections (JEP 346). Idle means that
-// for 15 s no 5 s window allocated more than the idle setting's headroom:
-// at the idle GOGC the dispatcher then collects at most once per window,
-// so the setting costs a collection of a live heap that is not changing
-// every few seconds at most. The allocation is read four times a second,
-// and the first window that allocates more than the headroom restores the
-// busy setting: a burst after an idle spell runs at the idle setting for a
-// quarter of a second at most.
+// does the same with its periodic collections (JEP 346). The unit is the
+// idle setting's headroom: what the heap may grow by before the collector
+// runs at the idle GOGC. The dispatcher becomes idle when the last 30 s
+// allocated at most one headroom per 5 s on average: at the idle setting
+// it would collect at most every 5 s, a collection of a live heap that is
+// not changing. It becomes busy again when the last 5 s allocated more
+// than two headrooms. The averages make a periodic burst such as a
+// Prometheus scrape (megabytes at once for 1,000 endpoints) part of the
+// idle dispatcher's rate instead of the end of its idle spell, and the
+// factor of two keeps it from switching back and forth at the boundary;
+// traffic ends an idle spell within a second (the allocation is read every
+// second, and 1,000 events/s allocate two headrooms in a fraction of one).
 package idlegc
 
 import (
@@ -34,10 +38,14 @@ import (
 // Defaults of Options.
 const (
 	DefaultIdlePercent = 25
-	DefaultWindow      = 5 * time.Second
-	DefaultTick        = 250 * time.Millisecond
-	DefaultQuietFor    = 15 * time.Second
+	DefaultPeriod      = 5 * time.Second
+	DefaultIdleWindow  = 30 * time.Second
+	DefaultTick        = time.Second
 )
+
+// busyFactor is how many headrooms a Period must allocate to end an idle
+// spell.
+const busyFactor = 2
 
 // minHeap is the Go runtime's smallest heap goal at GOGC=100.
 const minHeap = 4 << 20
@@ -50,28 +58,29 @@ type Options struct {
 	// IdlePercent is the GOGC while it is idle; 0 or a value not below
 	// BusyPercent turns the controller off.
 	IdlePercent int
-	// Window is the span over which allocation is compared with the idle
-	// setting's headroom: quiet means less than the headroom allocated in
-	// the last Window.
-	Window time.Duration
-	// Tick is how often the allocation is read: how soon a burst of
-	// allocation restores the busy setting.
+	// Period is the span allowed one headroom of allocation while idle,
+	// and the span that ends an idle spell when it allocates more than
+	// two.
+	Period time.Duration
+	// IdleWindow is the span over which the allocation is averaged to
+	// become idle; at least Period.
+	IdleWindow time.Duration
+	// Tick is how often the allocation is read.
 	Tick time.Duration
-	// QuietFor is how long the dispatcher must stay quiet to become idle.
-	QuietFor time.Duration
 }
 
 func (o Options) withDefaults() Options {
-	if o.Window <= 0 {
-		o.Window = DefaultWindow
+	if o.Period <= 0 {
+		o.Period = DefaultPeriod
 	}
+	if o.IdleWindow <= 0 {
+		o.IdleWindow = DefaultIdleWindow
+	}
+	o.IdleWindow = max(o.IdleWindow, o.Period)
 	if o.Tick <= 0 {
 		o.Tick = DefaultTick
 	}
-	o.Tick = min(o.Tick, o.Window)
-	if o.QuietFor <= 0 {
-		o.QuietFor = DefaultQuietFor
-	}
+	o.Tick = min(o.Tick, o.Period)
 	return o
 }
 
@@ -98,24 +107,27 @@ type Controller struct {
 	rt   Runtime
 	log  logr.Logger
 
-	// readings are the allocation counter at the last ticks, a window's
-	// worth, oldest first.
+	// readings are the allocation counter at the last ticks, an
+	// IdleWindow's worth, oldest first; periodTicks is how many ticks a
+	// Period spans.
 	readings    []uint64
-	quietSince  time.Time
+	periodTicks int
 	idle        atomic.Bool
 	transitions atomic.Uint64
 }
 
 // New returns a Controller of the Go runtime of this process.
 func New(opts Options, log logr.Logger) *Controller {
-	return newController(opts, goRuntime{}, log, time.Now())
+	return newController(opts, goRuntime{}, log)
 }
 
-func newController(opts Options, rt Runtime, log logr.Logger, now time.Time) *Controller {
+func newController(opts Options, rt Runtime, log logr.Logger) *Controller {
 	opts = opts.withDefaults()
-	c := &Controller{opts: opts, rt: rt, log: log, quietSince: now}
-	c.readings = make([]uint64, 0, int(opts.Window/opts.Tick)+1)
-	return c
+	return &Controller{
+		opts: opts, rt: rt, log: log,
+		readings:    make([]uint64, 0, int(opts.IdleWindow/opts.Tick)+1),
+		periodTicks: int(opts.Period / opts.Tick),
+	}
 }
 
 // Start reads the allocation every tick until ctx ends, and leaves the
@@ -132,8 +144,8 @@ func (c *Controller) Start(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case now := <-t.C:
-			c.tick(now)
+		case <-t.C:
+			c.tick()
 		}
 	}
 }
@@ -144,25 +156,28 @@ func (c *Controller) Idle() bool { return c.idle.Load() }
 // Transitions counts the switches between the settings, both ways.
 func (c *Controller) Transitions() uint64 { return c.transitions.Load() }
 
-// tick reads the allocation and switches the setting: to busy as soon as
-// the last window allocated more than the idle setting's headroom, to idle
-// once no window has for QuietFor.
-func (c *Controller) tick(now time.Time) {
+// tick reads the allocation and switches the setting.
+func (c *Controller) tick() {
 	allocated, live := c.rt.Heap()
 	if len(c.readings) == cap(c.readings) {
 		c.readings = append(c.readings[:0], c.readings[1:]...)
 	}
 	c.readings = append(c.readings, allocated)
-	// The idle setting's headroom: what the heap may grow by before the
-	// collector runs at the idle GOGC (the runtime never aims below a
-	// 4 MiB heap at GOGC=100).
+	full := len(c.readings) == cap(c.readings)
+	// The runtime never aims below a 4 MiB heap at GOGC=100.
 	headroom := max(live, minHeap) * uint64(c.opts.IdlePercent) / 100
-	if allocated-c.readings[0] > headroom {
-		c.quietSince = now
+	lastPeriod := allocated - c.readings[max(0, len(c.readings)-1-c.periodTicks)]
+	if lastPeriod > busyFactor*headroom {
 		c.busy()
 		return
 	}
-	if c.idle.Load() || now.Sub(c.quietSince) < c.opts.QuietFor {
+	// Idle needs a whole window of readings: after start-up, and after a
+	// busy spell, whose allocation leaves the window only then.
+	if c.idle.Load() || !full {
+		return
+	}
+	periods := uint64(c.opts.IdleWindow / c.opts.Period)
+	if allocated-c.readings[0] > periods*headroom {
 		return
 	}
 	c.idle.Store(true)

@@ -24,69 +24,75 @@ func (r *recordingRuntime) ReturnMemory()          { r.returned++ }
 
 func TestIdleWhenQuietAndBusyOnAllocation(t *testing.T) {
 	rt := &recordingRuntime{allocated: 1 << 30, live: 100 << 20}
-	start := time.Unix(1_000_000, 0)
-	c := newController(Options{BusyPercent: 100, IdlePercent: 25, Window: 5 * time.Second, Tick: time.Second, QuietFor: 15 * time.Second}, rt, logr.Discard(), start)
-	now := start
+	c := newController(Options{BusyPercent: 100, IdlePercent: 25, Period: 5 * time.Second, IdleWindow: 30 * time.Second, Tick: time.Second}, rt, logr.Discard())
 	step := func(alloc uint64) {
-		now = now.Add(time.Second)
 		rt.allocated += alloc
-		c.tick(now)
+		c.tick()
 	}
 
-	// The idle headroom is 25% of the 100 MiB live heap: 25 MiB per 5 s
-	// window. 4 MiB a second stays under it (20 MiB a window).
-	for i := range 14 {
+	// The idle headroom is 25% of the 100 MiB live heap, 25 MiB: idle
+	// needs at most 6 of them (150 MiB) in the 30 s window. 4 MiB a second
+	// is 120 MiB; the first 30 readings do not span the window yet.
+	for i := range 30 {
 		step(4 << 20)
 		if c.Idle() {
-			t.Fatalf("idle after %d quiet seconds, want 15", i+1)
+			t.Fatalf("idle after %d readings, before a whole window", i+1)
 		}
 	}
 	step(4 << 20)
 	if !c.Idle() {
-		t.Fatal("not idle after 15 quiet seconds")
+		t.Fatal("not idle after a window that allocated 120 MiB, under 6 headrooms of 25 MiB")
 	}
 	if len(rt.percents) != 1 || rt.percents[0] != 25 || rt.returned != 1 {
 		t.Fatalf("on becoming idle: GC percents set %v and memory returned %d times, want [25] and once", rt.percents, rt.returned)
 	}
 
-	// Staying idle sets nothing again.
-	for range 30 {
-		step(1 << 20)
-	}
-	if len(rt.percents) != 1 || rt.returned != 1 {
-		t.Fatalf("while idle: GC percents set %v and memory returned %d times, want nothing more", rt.percents, rt.returned)
-	}
-
-	// 6 MiB a second fills the window's 25 MiB on the fifth second: the
-	// busy setting is back on that tick, not a window later.
-	for i := range 4 {
-		step(6 << 20)
-		if !c.Idle() {
-			t.Fatalf("busy after %d seconds of 6 MiB, before the window allocated its headroom", i+1)
+	// A scrape's 35 MiB at once (1.4 headrooms, as a scrape of 1,000
+	// endpoints' metrics is) every 15 s over 0.5 MiB a second is part of
+	// an idle dispatcher's rate: the idle spell goes on, and nothing is set
+	// again.
+	for i := range 70 {
+		if i >= 10 && i%15 == 0 {
+			step(35 << 20)
+		} else {
+			step(512 << 10)
 		}
 	}
-	step(6 << 20)
+	if !c.Idle() || len(rt.percents) != 1 || rt.returned != 1 {
+		t.Fatalf("periodic 35 MiB bursts: idle=%v, GC percents set %v, memory returned %d times; want still idle, nothing more set", c.Idle(), rt.percents, rt.returned)
+	}
+
+	// Traffic: 30 MiB a second passes two headrooms (50 MiB) within a
+	// period and restores the busy setting on the second tick.
+	step(30 << 20)
+	if !c.Idle() {
+		t.Fatal("busy after 30 MiB, under two headrooms")
+	}
+	step(30 << 20)
 	if c.Idle() {
-		t.Fatal("still idle after a window that allocated more than the idle headroom")
+		t.Fatal("still idle after 60 MiB in two seconds, more than two headrooms of 25 MiB")
 	}
 	if got := rt.percents[len(rt.percents)-1]; got != 100 {
 		t.Fatalf("GC percent after becoming busy = %d, want 100", got)
 	}
-	if c.Transitions() != 2 {
-		t.Fatalf("transitions = %d, want 2", c.Transitions())
+	for range 8 {
+		step(30 << 20)
+	}
+	if c.Idle() || c.Transitions() != 2 {
+		t.Fatalf("during 10 s of traffic: idle=%v, %d transitions; want busy after 2", c.Idle(), c.Transitions())
 	}
 
-	// Idle again only once the busy seconds have left the window and 15
-	// quiet seconds have passed since the last busy one.
-	for range 14 {
+	// After the traffic, idle again once the window holds at most 6
+	// headrooms: when no more than 5 of its 30 MiB seconds are left in it.
+	for i := range 24 {
 		step(0)
-	}
-	if c.Idle() {
-		t.Fatal("idle again before 15 quiet seconds")
+		if c.Idle() {
+			t.Fatalf("idle %d s after 10 s of traffic, with %d MiB of it in the window", i+1, (10-(i+1)+4)*30)
+		}
 	}
 	step(0)
 	if !c.Idle() || rt.returned != 2 {
-		t.Fatalf("idle=%v, memory returned %d times; want idle and twice", c.Idle(), rt.returned)
+		t.Fatalf("idle=%v, memory returned %d times 25 s after the traffic; want idle and twice", c.Idle(), rt.returned)
 	}
 }
 
@@ -94,10 +100,10 @@ func TestIdleWhenQuietAndBusyOnAllocation(t *testing.T) {
 // headroom is that of the minimum.
 func TestSmallHeapHeadroom(t *testing.T) {
 	rt := &recordingRuntime{live: 1 << 20}
-	start := time.Unix(1_000_000, 0)
-	c := newController(Options{BusyPercent: 100, IdlePercent: 25, Window: time.Second, Tick: time.Second, QuietFor: time.Second}, rt, logr.Discard(), start)
+	c := newController(Options{BusyPercent: 100, IdlePercent: 25, Period: time.Second, IdleWindow: time.Second, Tick: time.Second}, rt, logr.Discard())
+	c.tick()
 	rt.allocated += 900 << 10 // over a quarter of the live MiB, under a quarter of 4 MiB
-	c.tick(start.Add(time.Second))
+	c.tick()
 	if !c.Idle() {
 		t.Fatal("900 KiB a second on a 1 MiB heap is not quiet; the runtime's 4 MiB minimum goal makes it so")
 	}
@@ -105,7 +111,7 @@ func TestSmallHeapHeadroom(t *testing.T) {
 
 func TestStartLeavesTheBusySetting(t *testing.T) {
 	rt := &recordingRuntime{live: 10 << 20}
-	c := newController(Options{BusyPercent: 100, IdlePercent: 25, Window: time.Millisecond, Tick: time.Millisecond, QuietFor: time.Millisecond}, rt, logr.Discard(), time.Now())
+	c := newController(Options{BusyPercent: 100, IdlePercent: 25, Period: time.Millisecond, IdleWindow: time.Millisecond, Tick: time.Millisecond}, rt, logr.Discard())
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- c.Start(ctx) }()
@@ -127,7 +133,7 @@ func TestDisabled(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			rt := &recordingRuntime{live: 10 << 20}
-			c := newController(opts, rt, logr.Discard(), time.Now())
+			c := newController(opts, rt, logr.Discard())
 			if err := c.Start(t.Context()); err != nil { // returns at once when disabled
 				t.Fatalf("Start: %v", err)
 			}
@@ -151,7 +157,7 @@ func TestGoRuntime(t *testing.T) {
 		t.Fatalf("runtime/metrics: allocated %d, live %d bytes; want both read", allocated, live)
 	}
 
-	c := New(Options{BusyPercent: 100, IdlePercent: 25, Window: 100 * time.Millisecond, Tick: 10 * time.Millisecond, QuietFor: 200 * time.Millisecond}, logr.Discard())
+	c := New(Options{BusyPercent: 100, IdlePercent: 25, Period: 50 * time.Millisecond, IdleWindow: 200 * time.Millisecond, Tick: 10 * time.Millisecond}, logr.Discard())
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	done := make(chan error, 1)
@@ -162,7 +168,7 @@ func TestGoRuntime(t *testing.T) {
 		t.Fatalf("GOGC while idle = %d, want 25", got)
 	}
 
-	// Allocate far more than a quarter of the live heap per window.
+	// Allocate far more than two headrooms per period.
 	var sink [][]byte
 	waitFor(t, "busy", func() bool {
 		for range 64 {
