@@ -258,15 +258,20 @@ func (r *Runner) settledRSS(ctx context.Context) (ProcSample, error) {
 	}
 }
 
-// waitIdleGC waits up to a minute for the dispatcher to switch to its idle
-// garbage-collector setting (herald_dispatcher_gc_idle), which it does
-// after 15 s of little allocation: an idle dispatcher's RSS is read in
-// that state. It returns "idle", "busy" (still not idle after the minute,
-// or the metrics could not be read) or "absent" (a build without the
-// setting, as a comparison's base may be).
+// waitIdleGC waits up to two minutes for the dispatcher to switch to its
+// idle garbage-collector setting (herald_dispatcher_gc_idle), which it
+// does after 15 s of little allocation: an idle dispatcher's RSS is read
+// in that state. It reads the metrics every 15 s, as Prometheus would: a
+// scrape of a dispatcher with 1,000 endpoints allocates megabytes, and
+// scraping every second kept it from ever being idle. It returns "idle",
+// "busy" (still not idle after two minutes, or the metrics could not be
+// read) or "absent" (a build without the setting, as a comparison's base
+// may be).
 func (r *Runner) waitIdleGC(ctx context.Context) string {
 	const name = "herald_dispatcher_gc_idle"
-	deadline := time.Now().Add(time.Minute)
+	start := time.Now()
+	deadline := start.Add(2 * time.Minute)
+	allocatedAtStart, _ := r.metricSum(ctx, "go_memstats_alloc_bytes_total")
 	for {
 		body, err := r.metrics(ctx)
 		switch {
@@ -280,11 +285,57 @@ func (r *Runner) waitIdleGC(ctx context.Context) string {
 			return "idle"
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			r.say("  the dispatcher's idle GC setting is still not in force after a minute")
+			allocated, _ := r.metricSum(ctx, "go_memstats_alloc_bytes_total")
+			heap, _ := r.metricSum(ctx, "go_memstats_heap_alloc_bytes")
+			r.say("  the dispatcher's idle GC setting is still not in force after two minutes: it allocated %.0f KiB/s, heap %.1f MiB",
+				(allocated-allocatedAtStart)/1024/time.Since(start).Seconds(), mib(int64(heap)))
 			return "busy"
 		}
-		sleepCtx(ctx, time.Second)
+		sleepCtx(ctx, 15*time.Second)
 	}
+}
+
+// memoryTimeline writes the dispatcher's RSS to path every second until
+// the returned function is called: the idle scenario's RSS readings in
+// context (its switches to and from the idle garbage-collector setting
+// show as steps). It reads /proc only: a scrape of the metrics allocates
+// megabytes and costs the idle dispatcher a few tenths of a percent of a
+// core, which the idle CPU reading would count.
+func (r *Runner) memoryTimeline(ctx context.Context, path string) (stop func()) {
+	f, err := os.Create(path)
+	if err != nil {
+		r.say("  memory timeline: %v", err)
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer func() { _ = f.Close() }()
+		if _, err := f.WriteString("seconds\trss\tanon\tfile\n"); err != nil {
+			r.say("  memory timeline: %v", err)
+			return
+		}
+		start := time.Now()
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			p, err := ReadProc(r.dispatcherPID())
+			if err != nil {
+				continue
+			}
+			if _, err := fmt.Fprintf(f, "%.0f\t%d\t%d\t%d\n", time.Since(start).Seconds(), p.RSS, p.RSSAnon, p.RSSFile); err != nil {
+				r.say("  memory timeline: %v", err)
+				return
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 // MarginalRSS is the dispatcher's RSS growth per idle endpoint between two
@@ -546,6 +597,8 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 	if err != nil {
 		return err
 	}
+	stopTimeline := r.memoryTimeline(ctx, filepath.Join(r.cfg.OutDir, "idle-memory.tsv"))
+	defer stopTimeline()
 	sleepCtx(ctx, r.p.idleSettle)
 	if res.FreshIdleCores, err = r.idleCores(ctx); err != nil {
 		return err
@@ -598,6 +651,11 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 	after, err := r.settledRSS(ctx)
 	if err != nil {
 		return err
+	}
+	// What the idle dispatcher still allocates decides whether it is idle;
+	// the profile's own allocation (megabytes) comes after the reading.
+	if _, err := r.profile(ctx, "endpoints-idle.allocs.pprof", "/debug/pprof/allocs?seconds=20", time.Minute, "-sample_index=alloc_space"); err != nil {
+		r.say("allocation profile failed: %v", err)
 	}
 	res.RSSEndpoints = after.RSS
 	whole, marginal := rssGrowth(before, after, 0, n), rssGrowth(mid, after, first, n)
