@@ -600,13 +600,15 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 	stopTimeline := r.memoryTimeline(ctx, filepath.Join(r.cfg.OutDir, "idle-memory.tsv"))
 	defer stopTimeline()
 	sleepCtx(ctx, r.p.idleSettle)
+	// The switch to the idle GC setting returns memory with a collection:
+	// the idle CPU is read after it, as the RSS is.
+	res.IdleGC[0] = r.waitIdleGC(ctx)
 	if res.FreshIdleCores, err = r.idleCores(ctx); err != nil {
 		return err
 	}
 	if _, err := r.cpuProfile(ctx, "fresh-idle", int(r.p.idleCPU.Seconds())); err != nil {
 		r.say("idle CPU profile failed: %v", err)
 	}
-	res.IdleGC[0] = r.waitIdleGC(ctx)
 	before, err := r.settledRSS(ctx)
 	if err != nil {
 		return err
@@ -652,11 +654,6 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 	if err != nil {
 		return err
 	}
-	// What the idle dispatcher still allocates decides whether it is idle;
-	// the profile's own allocation (megabytes) comes after the reading.
-	if _, err := r.profile(ctx, "endpoints-idle.allocs.pprof", "/debug/pprof/allocs?seconds=20", time.Minute, "-sample_index=alloc_space"); err != nil {
-		r.say("allocation profile failed: %v", err)
-	}
 	res.RSSEndpoints = after.RSS
 	whole, marginal := rssGrowth(before, after, 0, n), rssGrowth(mid, after, first, n)
 	res.RSSPerEndpoint, res.AnonRSSPerEndpoint, res.FileRSSPerEndpoint = whole.RSSPerEndpoint, whole.AnonRSSPerEndpoint, whole.FileRSSPerEndpoint
@@ -666,6 +663,12 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 	}
 	if _, err := r.cpuProfile(ctx, "endpoints-idle", int(r.p.idleCPU.Seconds())); err != nil {
 		r.say("idle CPU profile failed: %v", err)
+	}
+	// What the idle dispatcher still allocates decides whether it is idle;
+	// the profile allocates megabytes itself, so it comes after the RSS
+	// and CPU readings.
+	if _, err := r.profile(ctx, "endpoints-idle.allocs.pprof", "/debug/pprof/allocs?seconds=20", time.Minute, "-sample_index=alloc_space"); err != nil {
+		r.say("allocation profile failed: %v", err)
 	}
 	res.GoroutinesIdle, _ = r.goroutines(ctx)
 	if _, err := r.heapProfile(ctx, "endpoints-idle"); err != nil {
