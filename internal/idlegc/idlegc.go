@@ -200,10 +200,8 @@ func (c *Controller) busy() {
 // goRuntime is the Go runtime of this process.
 type goRuntime struct{}
 
-var heapMetrics = []string{"/gc/heap/allocs:bytes", "/gc/heap/live:bytes"}
-
 func (goRuntime) Heap() (allocated, live uint64) {
-	samples := []metrics.Sample{{Name: heapMetrics[0]}, {Name: heapMetrics[1]}}
+	samples := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/heap/live:bytes"}}
 	metrics.Read(samples)
 	return value(samples[0]), value(samples[1])
 }

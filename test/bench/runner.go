@@ -546,6 +546,12 @@ func (r *Runner) metricSum(ctx context.Context, name string) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
+	return sumSeries(body, name)
+}
+
+// sumSeries is the sum of every series of the metric name in a Prometheus
+// text exposition.
+func sumSeries(body, name string) (float64, error) {
 	var sum float64
 	for line := range strings.Lines(body) {
 		rest, ok := strings.CutPrefix(line, name)

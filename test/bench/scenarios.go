@@ -260,19 +260,19 @@ func (r *Runner) settledRSS(ctx context.Context) (ProcSample, error) {
 
 // waitIdleGC waits up to two minutes for the dispatcher to switch to its
 // idle garbage-collector setting (herald_dispatcher_gc_idle), which it
-// does after 15 s of little allocation: an idle dispatcher's RSS is read
-// in that state. It reads the metrics every 15 s, as Prometheus would: a
-// scrape of a dispatcher with 1,000 endpoints allocates megabytes, and
-// scraping every second kept it from ever being idle. It returns "idle",
-// "busy" (still not idle after two minutes, or the metrics could not be
-// read) or "absent" (a build without the setting, as a comparison's base
-// may be).
+// does once 30 s allocated little: an idle dispatcher's RSS and CPU are
+// read in that state. It scrapes the metrics once every 15 s, as
+// Prometheus would: a scrape of a dispatcher with 1,000 endpoints
+// allocates megabytes, and scraping every second kept it from ever being
+// idle. It returns "idle", "busy" (still not idle after two minutes, or
+// the metrics could not be read) or "absent" (a build without the
+// setting, as a comparison's base may be).
 func (r *Runner) waitIdleGC(ctx context.Context) string {
 	const name = "herald_dispatcher_gc_idle"
 	start := time.Now()
 	deadline := start.Add(2 * time.Minute)
-	allocatedAtStart, _ := r.metricSum(ctx, "go_memstats_alloc_bytes_total")
-	for {
+	var allocatedAtStart float64
+	for first := true; ; first = false {
 		body, err := r.metrics(ctx)
 		switch {
 		case err != nil:
@@ -281,12 +281,15 @@ func (r *Runner) waitIdleGC(ctx context.Context) string {
 		case !strings.Contains(body, name+" "):
 			return "absent"
 		}
-		if v, err := r.metricSum(ctx, name); err == nil && v == 1 {
+		if first {
+			allocatedAtStart, _ = sumSeries(body, "go_memstats_alloc_bytes_total")
+		}
+		if v, err := sumSeries(body, name); err == nil && v == 1 {
 			return "idle"
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			allocated, _ := r.metricSum(ctx, "go_memstats_alloc_bytes_total")
-			heap, _ := r.metricSum(ctx, "go_memstats_heap_alloc_bytes")
+			allocated, _ := sumSeries(body, "go_memstats_alloc_bytes_total")
+			heap, _ := sumSeries(body, "go_memstats_heap_alloc_bytes")
 			r.say("  the dispatcher's idle GC setting is still not in force after two minutes: it allocated %.0f KiB/s, heap %.1f MiB",
 				(allocated-allocatedAtStart)/1024/time.Since(start).Seconds(), mib(int64(heap)))
 			return "busy"
