@@ -168,6 +168,15 @@ func checkDecoded(t *testing.T, ev *decodedEvent) {
 	if again.id() != ev.id() || again.source() != ev.source() {
 		t.Fatalf("identity changed: %q %q -> %q %q", ev.source(), ev.id(), again.source(), again.id())
 	}
+	// finish skips decoding the stored form again when it is the input;
+	// the full check must agree with every event the shortcut accepts.
+	full, rerr := finish(ev.event, nil)
+	if rerr != nil {
+		t.Fatalf("accepted an event the full fixed-point check rejects: %v", rerr)
+	}
+	if !bytes.Equal(full.payload, ev.payload) {
+		t.Fatalf("stored form differs from the full check's:\n %s\n %s", ev.payload, full.payload)
+	}
 }
 
 // checkRejected asserts the properties of every rejection.
