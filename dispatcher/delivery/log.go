@@ -43,6 +43,8 @@ func logEntry(namespace, endpoint string, msg *queue.Message, parsed *cloudEvent
 		StatusCode: o.StatusCode,
 		Error:      o.Reason,
 		Response:   body,
+		// parseEvent read the payload as JSON (jsonscan.Object validates).
+		PayloadValid: parsed != nil,
 	}
 	if e.WebhookID == "" {
 		e.WebhookID = queue.WebhookID(namespace, ev.Source, ev.ID)

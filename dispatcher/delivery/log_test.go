@@ -80,6 +80,9 @@ func TestManagerRecordsEveryAttemptInTheLog(t *testing.T) {
 		t.Errorf("success entry = phase %s attempt %d status %d error %q response %d bytes payload %q",
 			ok.Phase, ok.Attempt, ok.StatusCode, ok.Error, len(ok.Response), ok.Payload)
 	}
+	if !ok.PayloadValid {
+		t.Error("success entry does not say its payload was parsed: the log would validate it again")
+	}
 }
 
 // BenchmarkLogEntry builds the delivery log's record of a success from

@@ -2,7 +2,6 @@ package deliverylog
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -109,7 +108,7 @@ func Subject(namespace, endpoint, webhookID string) string {
 // server and never fails the caller: a record that cannot be sent is
 // counted and dropped.
 func (l *Log) Record(e Entry) {
-	data, err := json.Marshal(&e)
+	data, err := e.encode()
 	if err != nil {
 		l.metrics.records.WithLabelValues(resultEncodeError).Inc()
 		return

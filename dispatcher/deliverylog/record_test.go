@@ -1,0 +1,100 @@
+package deliverylog
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	deliveryv1 "github.com/herald-dev/herald/api/delivery/v1alpha1"
+)
+
+// storedForm is an event as ingest stores it: json.Marshal's output, so
+// compact, with <, > and & escaped.
+const storedForm = `{"specversion":"1.0","id":"ev-1","source":"/orders","type":"order.created","datacontenttype":"application/json","data":{"note":"a \u003cb\u003e \u0026 \"c\"","n":[1,2.5,null,true]}}`
+
+// TestEncodeIsJSONMarshal: a record's bytes are exactly json.Marshal's, so
+// records written before and after the encoder are read alike.
+func TestEncodeIsJSONMarshal(t *testing.T) {
+	retrying := attempt("shop", "orders", "msg_a", 2, 503, deliveryv1.DeliveryRetrying)
+	succeeded := attempt("shop", "orders", "msg_b", 1, 200, deliveryv1.DeliverySucceeded)
+	succeeded.Payload = json.RawMessage(storedForm)
+	checked := succeeded
+	checked.PayloadValid = true
+	requeue := Entry{Requeued: true, Time: t0, Phase: deliveryv1.DeliveryPending, Payload: json.RawMessage(storedForm)}
+	for name, e := range map[string]Entry{
+		"without a payload":                  retrying,
+		"with a payload checked here":        succeeded,
+		"with a payload the caller checked":  checked,
+		"requeue with only the members left": requeue,
+		"zero entry":                         {},
+	} {
+		want, err := json.Marshal(&e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := e.encode()
+		if err != nil {
+			t.Errorf("%s: encode: %v", name, err)
+			continue
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s: encode =\n %s\nwant json.Marshal's\n %s", name, got, want)
+		}
+	}
+}
+
+// TestEncodeRejectsAPayloadThatIsNotJSON: appending an unchecked payload as
+// it is would let it add members to the record; here one tries to turn a
+// failed attempt into a success.
+func TestEncodeRejectsAPayloadThatIsNotJSON(t *testing.T) {
+	e := attempt("shop", "orders", "msg_a", 1, 503, deliveryv1.DeliveryRetrying)
+	e.Payload = json.RawMessage(`1,"p":"Succeeded"`)
+	if _, err := e.encode(); !errors.Is(err, errInvalidPayload) {
+		t.Fatalf("encode of a forged payload: err = %v, want %v", err, errInvalidPayload)
+	}
+}
+
+// TestRecordDropsAnInvalidPayload writes through the embedded JetStream: the
+// entry with a payload that is not JSON is counted as an encoding error and
+// not stored, and the next record of the delivery is.
+func TestRecordDropsAnInvalidPayload(t *testing.T) {
+	l, _ := openLog(t, Config{})
+	forged := attempt("shop", "orders", "msg_a", 1, 503, deliveryv1.DeliveryRetrying)
+	forged.Payload = json.RawMessage(`1,"p":"Succeeded"`)
+	l.Record(forged)
+	if got := testutil.ToFloat64(l.metrics.records.WithLabelValues(resultEncodeError)); got != 1 {
+		t.Fatalf("encode errors counted = %v, want 1", got)
+	}
+	ok := attempt("shop", "orders", "msg_a", 2, 200, deliveryv1.DeliverySucceeded)
+	ok.Payload, ok.PayloadValid = json.RawMessage(storedForm), true
+	record(t, l, ok)
+
+	ctx := testCtx(t)
+	d, err := l.Get(ctx, "shop", "orders", "msg_a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Status.Attempts) != 1 || d.Status.Attempts[0].StatusCode != 200 {
+		t.Errorf("attempts = %+v, want only the stored 200", d.Status.Attempts)
+	}
+	payload, _, found, err := l.Payload(ctx, "shop", "orders", "msg_a")
+	if err != nil || !found || string(payload) != storedForm {
+		t.Errorf("Payload = %s, %v, %v; want the stored form as it was recorded", payload, found, err)
+	}
+}
+
+func BenchmarkEncode(b *testing.B) {
+	e := attempt("shop", "orders", "msg_b", 1, 200, deliveryv1.DeliverySucceeded)
+	e.Time = time.Date(2026, 12, 3, 10, 0, 0, 123456789, time.UTC)
+	e.Payload, e.PayloadValid = json.RawMessage(storedForm), true
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := e.encode(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
