@@ -28,8 +28,9 @@ type CompareResult struct {
 	CPURatio float64 `json:"cpuRatio"`
 }
 
-// compareRounds is how many base/head pairs the compare scenario runs.
-const compareRounds = 3
+// DefaultCompareRounds is how many base/head pairs the compare scenario
+// runs unless Config.CompareRounds says otherwise.
+const DefaultCompareRounds = 3
 
 // buildRefDispatcher builds the benchmark dispatcher of git ref: its tree
 // is exported with git archive (the repository is not touched) and built
@@ -68,7 +69,11 @@ func (r *Runner) compare(ctx context.Context) (*CompareResult, error) {
 			r.say("restarting the head dispatcher: %v", err)
 		}
 	}()
-	for round := range compareRounds {
+	rounds := r.cfg.CompareRounds
+	if rounds <= 0 {
+		rounds = DefaultCompareRounds
+	}
+	for round := range rounds {
 		for _, side := range []struct {
 			label string
 			bin   string
@@ -85,7 +90,7 @@ func (r *Runner) compare(ctx context.Context) (*CompareResult, error) {
 			if err := r.prime(ctx, spec); err != nil {
 				return res, err
 			}
-			if round == compareRounds-1 {
+			if round == rounds-1 {
 				// Profiling costs both sides alike; the last round's
 				// profiles say where the difference is.
 				spec.ProfileName = "compare-" + side.label

@@ -69,6 +69,10 @@ type Config struct {
 	// CompareRef is the git ref whose dispatcher the compare scenario runs
 	// against the working tree's.
 	CompareRef string
+	// CompareRounds is how many base/head pairs the compare scenario runs;
+	// 0 means DefaultCompareRounds. More rounds resolve smaller differences:
+	// two runs of one build differ by up to 20% on these machines.
+	CompareRounds int
 }
 
 // params are the sizes of a run.

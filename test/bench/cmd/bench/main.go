@@ -7,6 +7,7 @@
 //	BENCH_SCENARIOS=fanout1,fanout10,isolation,sigkill,endpoints1000  a subset (the baseline always runs)
 //	BENCH_QUICK=1                                                      a short smoke run
 //	BENCH_COMPARE=<git ref>                                            with BENCH_SCENARIOS=compare: that ref's dispatcher against the working tree's
+//	BENCH_COMPARE_ROUNDS=<n>                                           alternating rounds of the compare scenario (default 3)
 //
 // It lives under test/bench rather than hack/ because it is one piece with
 // the harness package it drives: `go test ./test/bench/...` and `go vet`
@@ -21,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -37,6 +39,7 @@ func main() {
 	quick := flag.Bool("quick", os.Getenv("BENCH_QUICK") == "1", "Short smoke run.")
 	keep := flag.Bool("keep", false, "Keep the scratch directory (logs, JetStream store).")
 	compare := flag.String("compare", os.Getenv("BENCH_COMPARE"), "Git ref whose dispatcher the compare scenario runs against the working tree's.")
+	rounds := flag.Int("compare-rounds", envInt("BENCH_COMPARE_ROUNDS"), "Alternating base/head rounds of the compare scenario (0: the default, 3).")
 	timeout := flag.Duration("timeout", 40*time.Minute, "Stop the whole run after this long.")
 	render := flag.String("render", "", "Only print the Markdown tables of an existing results JSON file.")
 	flag.Parse()
@@ -55,10 +58,25 @@ func main() {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	if err := run(ctx, *out, *scenarios, *quick, *keep, *compare); err != nil {
+	if err := run(ctx, *out, *scenarios, *quick, *keep, *compare, *rounds); err != nil {
 		fmt.Fprintf(os.Stderr, "bench failed: %v\n", err)
 		os.Exit(1)
 	}
+}
+
+// envInt is the integer in the environment variable name, 0 when unset. A
+// value that is not an integer stops the run with its name.
+func envInt(name string) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return 0
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		fmt.Fprintf(os.Stderr, "%s=%q: want a whole number\n", name, v)
+		os.Exit(2)
+	}
+	return n
 }
 
 func renderMarkdown(path string) error {
@@ -74,7 +92,7 @@ func renderMarkdown(path string) error {
 	return nil
 }
 
-func run(ctx context.Context, out, scenarios string, quick, keep bool, compare string) error {
+func run(ctx context.Context, out, scenarios string, quick, keep bool, compare string, rounds int) error {
 	var list []string
 	for _, s := range strings.Split(scenarios, ",") {
 		if s = strings.TrimSpace(s); s != "" {
@@ -85,7 +103,7 @@ func run(ctx context.Context, out, scenarios string, quick, keep bool, compare s
 	say := func(format string, args ...any) {
 		fmt.Printf("[%6.1fs] "+format+"\n", append([]any{time.Since(began).Seconds()}, args...)...)
 	}
-	res, err := bench.Run(ctx, bench.Config{Scenarios: list, Quick: quick, OutDir: out, Progress: say, KeepDir: keep, CompareRef: compare})
+	res, err := bench.Run(ctx, bench.Config{Scenarios: list, Quick: quick, OutDir: out, Progress: say, KeepDir: keep, CompareRef: compare, CompareRounds: rounds})
 	if err != nil {
 		return err
 	}
