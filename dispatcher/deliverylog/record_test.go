@@ -72,6 +72,9 @@ func TestRecordDropsAnInvalidPayload(t *testing.T) {
 	ok := attempt("shop", "orders", "msg_a", 2, 200, deliveryv1.DeliverySucceeded)
 	ok.Payload, ok.PayloadValid = json.RawMessage(storedForm), true
 	record(t, l, ok)
+	if got := testutil.ToFloat64(l.metrics.records.WithLabelValues(resultSent)); got != 1 {
+		t.Errorf("records counted as sent = %v, want 1", got)
+	}
 
 	ctx := testCtx(t)
 	d, err := l.Get(ctx, "shop", "orders", "msg_a")
