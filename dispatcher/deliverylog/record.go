@@ -1,10 +1,7 @@
 package deliverylog
 
 import (
-	"bytes"
-	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"time"
 
 	deliveryv1 "github.com/herald-dev/herald/api/delivery/v1alpha1"
@@ -62,41 +59,6 @@ type Entry struct {
 	// (the delivery worker parsed it to deliver it), so that Record need not
 	// check it again. Record drops an entry whose Payload is not valid JSON.
 	PayloadValid bool `json:"-"`
-}
-
-// errInvalidPayload is the encoding error of an entry whose Payload is not
-// valid JSON.
-var errInvalidPayload = errors.New("payload is not valid JSON")
-
-// encode is json.Marshal(e), except that Payload is appended as it is.
-// json.Marshal validates and compacts a json.RawMessage byte by byte: that
-// was two thirds of a record's encoding with a 1 KB payload, to copy bytes
-// that are Herald's compact stored form (and that the worker validated when
-// it parsed them). Appending is safe only for valid JSON, or a crafted
-// payload could add members to the record, so an unchecked Payload is
-// still validated.
-func (e *Entry) encode() ([]byte, error) {
-	payload := e.Payload
-	if len(payload) == 0 {
-		return json.Marshal(e)
-	}
-	if !e.PayloadValid && !json.Valid(payload) {
-		return nil, errInvalidPayload
-	}
-	e.Payload = nil
-	defer func() { e.Payload = payload }()
-	// The other members take about 300 bytes, plus the response in base64.
-	buf := bytes.NewBuffer(make([]byte, 0, 320+base64.StdEncoding.EncodedLen(len(e.Response))+len(payload)))
-	// Encode is json.Marshal followed by a newline.
-	if err := json.NewEncoder(buf).Encode(e); err != nil {
-		return nil, err
-	}
-	// Payload is the last member, and never the only one: "ev", "t" and
-	// "p" are always written.
-	data := buf.Bytes()
-	data = append(data[:len(data)-len("}\n")], `,"pl":`...)
-	data = append(data, payload...)
-	return append(data, '}'), nil
 }
 
 // MaxResponseBytes is how much of a response body an attempt record keeps.

@@ -90,6 +90,41 @@ func TestRecordDropsAnInvalidPayload(t *testing.T) {
 	}
 }
 
+// FuzzEncode holds encode's bytes equal to json.Marshal's for any strings,
+// times, numbers and response, and its failures to json.Marshal's. The
+// payload is a fuzzed string in Herald's stored form (json.Marshal's
+// compact output), as the worker records it.
+func FuzzEncode(f *testing.F) {
+	f.Add("ev-1", "/orders", "order.created", "", "HTTP 503", "MaxAttempts: HTTP 503", []byte(`{"error":"busy"}`), "note", int64(1764756000123456789), int64(0), 3, 503, false)
+	f.Add("a<b>&\"c\"", "ü\u2028\x00", "\xff\xfe", "sub\tject", "", "", []byte{0, 0xff}, "<&>", int64(-62135596800000000), int64(3600), 0, 0, true)
+	f.Add("", "", "", "", "", "", []byte(nil), "", int64(253402300800000000), int64(-7200), -1, 200, false)
+	f.Fuzz(func(t *testing.T, id, source, typ, subject, reason, deadLetter string, response []byte, data string, nanos, zone int64, attempt, code int, requeued bool) {
+		at := time.Unix(0, nanos).In(time.FixedZone("z", int(zone%(30*3600))))
+		payload, err := json.Marshal(map[string]string{"id": id, "data": data})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := Entry{
+			Event:      Event{ID: id, Source: source, Type: typ, Subject: subject, Time: at},
+			IngestedAt: at.Add(-time.Second), Requeued: requeued, Attempt: attempt,
+			Time: at, Duration: time.Duration(nanos % int64(time.Hour)), StatusCode: code,
+			Error: reason, Response: response, Phase: deliveryv1.DeliveryPhase(typ),
+			NextAttempt: at.Add(time.Minute), DeadLetterReason: deadLetter,
+			Payload: payload, PayloadValid: attempt%2 == 0,
+		}
+		for _, e := range []Entry{e, {Event: e.Event, Time: e.Time, Phase: e.Phase}} {
+			want, wantErr := json.Marshal(&e)
+			got, err := e.encode()
+			if (err != nil) != (wantErr != nil) {
+				t.Fatalf("encode error %v, json.Marshal error %v", err, wantErr)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("encode =\n %s\nwant json.Marshal's\n %s", got, want)
+			}
+		}
+	})
+}
+
 func BenchmarkEncode(b *testing.B) {
 	e := attempt("shop", "orders", "msg_b", 1, 200, deliveryv1.DeliverySucceeded)
 	e.Time = time.Date(2026, 12, 3, 10, 0, 0, 123456789, time.UTC)
