@@ -339,6 +339,57 @@ func sdkMarshal(ev *event.Event) ([]byte, error) {
 	return out, nil
 }
 
+// storedForm is sdkMarshal(ev) for an event decoded from decodedFrom (nil
+// when it was built otherwise), without the second pass of json.Marshal
+// where it can be spared. json.Marshal(ev) is the SDK's MarshalJSON output
+// validated and compacted, with <, >, &, U+2028 and U+2029 escaped: when
+// that output is the input it was decoded from, and already compact and
+// escaped (as a CloudEvents SDK's own output is), it is the stored form as
+// it is; otherwise json.Compact and json.HTMLEscape do what json.Marshal
+// would, on the bytes already written. Any error, and the data types
+// sdkMarshal writes specially, take sdkMarshal itself.
+func storedForm(ev *event.Event, decodedFrom []byte) ([]byte, error) {
+	if decodedFrom == nil || (!ev.DataBase64 && needsJSONStandIn(ev.DataContentType())) {
+		return sdkMarshal(ev)
+	}
+	written, err := ev.MarshalJSON()
+	if err != nil {
+		return sdkMarshal(ev)
+	}
+	if bytes.Equal(written, decodedFrom) && compactAndEscaped(written) {
+		return written, nil
+	}
+	var compact, escaped bytes.Buffer
+	if err := json.Compact(&compact, written); err != nil {
+		return sdkMarshal(ev)
+	}
+	escaped.Grow(compact.Len())
+	json.HTMLEscape(&escaped, compact.Bytes())
+	return escaped.Bytes(), nil
+}
+
+// compactAndEscaped reports whether valid JSON b holds no whitespace
+// outside its strings and none of the characters json.Marshal escapes (<,
+// >, &, U+2028, U+2029): whether json.Marshal would write it unchanged.
+func compactAndEscaped(b []byte) bool {
+	inString := false
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; {
+		case c == '<' || c == '>' || c == '&':
+			return false
+		case c == 0xE2 && i+2 < len(b) && b[i+1] == 0x80 && b[i+2]&^1 == 0xA8:
+			return false
+		case inString && c == '\\':
+			i++ // the escaped character
+		case c == '"':
+			inString = !inString
+		case !inString && strings.IndexByte(jsonWhitespace, c) >= 0:
+			return false
+		}
+	}
+	return true
+}
+
 // jsonWhitespace is the insignificant whitespace of RFC 8259.
 const jsonWhitespace = " \t\r\n"
 
@@ -791,7 +842,7 @@ func finish(ev *event.Event, decodedFrom []byte) (*decodedEvent, *requestError) 
 	if rerr := validateEvent(ev); rerr != nil {
 		return nil, rerr
 	}
-	payload, err := sdkMarshal(ev)
+	payload, err := storedForm(ev, decodedFrom)
 	if err != nil {
 		return nil, badEvent("", "event cannot be encoded as structured JSON: %s", firstLine(err.Error()))
 	}

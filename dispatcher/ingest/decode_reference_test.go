@@ -278,3 +278,60 @@ func TestDecodedEventsDoNotAliasTheBody(t *testing.T) {
 		}
 	}
 }
+
+// TestStoredFormIsJSONMarshal: the stored form, whichever way storedForm
+// takes, is json.Marshal's (sdkMarshal's) bytes for the event, for inputs
+// in the SDK's canonical form and for inputs that differ from it only in
+// what json.Marshal rewrites: whitespace and the characters it escapes.
+func TestStoredFormIsJSONMarshal(t *testing.T) {
+	for name, in := range map[string]string{
+		"canonical":                    `{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"application/json","data":{"a":"x y","b":[1,2]}}`,
+		"whitespace between members":   `{"specversion":"1.0", "id":"1","source":"/s","type":"t","data":{"a" : [1, 2]}}`,
+		"whitespace in data only":      `{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"a":[1, 2]}}`,
+		"HTML characters in data":      `{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"a":"<b>&"}}`,
+		"HTML characters in attribute": `{"specversion":"1.0","id":"<&>","source":"/s","type":"t"}`,
+		"line separator in data":       `{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"a":"` + "\u2028\u2029" + `"}}`,
+		"escapes at a string's end":    `{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"a\\":"\\\\","b":"\" x"}}`,
+		"text data":                    `{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"text/plain","data":"a <b> c"}`,
+		"base64 data":                  `{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":"AP8="}`,
+		"a +json type (stand-in)":      `{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"application/vnd.x+json","data":{"a":1}}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			decoded, rerr := decodeStructured([]byte(in))
+			if rerr != nil {
+				t.Fatal(rerr)
+			}
+			want, err := sdkMarshal(decoded.event)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(decoded.payload, want) {
+				t.Errorf("stored form\n %s\nwant json.Marshal's\n %s", decoded.payload, want)
+			}
+			again, rerr := decodeStructured(decoded.payload)
+			if rerr != nil || !bytes.Equal(again.payload, decoded.payload) {
+				t.Errorf("stored form is not a fixed point: %s, %v", again.payload, rerr)
+			}
+		})
+	}
+}
+
+func TestCompactAndEscaped(t *testing.T) {
+	for in, want := range map[string]bool{
+		`{"a":"x y","b":[1,2]}`:    true,
+		`{"a":"\" x"}`:             true,
+		`{"a\\":"\\","b":1}`:       true,
+		`{"a": 1}`:                 false,
+		`{"a":[1,2] }`:             false,
+		"{\"a\":\"\u2028\"}":       false,
+		"{\"a\":\"\u2029\"}":       false,
+		`{"a":"<"}`:                false,
+		`{"a":"&"}`:                false,
+		`{"a":"\u003c"}`:           true,
+		"{\"a\":\"\u2027\u202a\"}": true,
+	} {
+		if got := compactAndEscaped([]byte(in)); got != want {
+			t.Errorf("compactAndEscaped(%s) = %v, want %v", in, got, want)
+		}
+	}
+}
