@@ -26,6 +26,13 @@ type CompareResult struct {
 	HeadP99        float64 `json:"headP99Ms"`
 	// CPURatio is HeadCPUPer1000 / BaseCPUPer1000.
 	CPURatio float64 `json:"cpuRatio"`
+	// Median heap allocations and bytes allocated per delivery of each
+	// side: nearly independent of the machine's load, so they show what
+	// a change did to a delivery's allocations when CPU cannot.
+	BaseAllocsPerDelivery     float64 `json:"baseAllocsPerDelivery,omitempty"`
+	HeadAllocsPerDelivery     float64 `json:"headAllocsPerDelivery,omitempty"`
+	BaseAllocBytesPerDelivery float64 `json:"baseAllocBytesPerDelivery,omitempty"`
+	HeadAllocBytesPerDelivery float64 `json:"headAllocBytesPerDelivery,omitempty"`
 }
 
 // DefaultCompareRounds is how many base/head pairs the compare scenario
@@ -108,8 +115,11 @@ func (r *Runner) compare(ctx context.Context) (*CompareResult, error) {
 	if res.BaseCPUPer1000 > 0 {
 		res.CPURatio = res.HeadCPUPer1000 / res.BaseCPUPer1000
 	}
-	r.say("  %s → head: CPU per 1,000 deliveries %.3f → %.3f s (×%.2f), p99 %.1f → %.1f ms (medians of %d rounds)",
-		res.Ref, res.BaseCPUPer1000, res.HeadCPUPer1000, res.CPURatio, res.BaseP99, res.HeadP99, len(res.Head))
+	res.BaseAllocsPerDelivery, res.BaseAllocBytesPerDelivery = allocMedians(res.Base)
+	res.HeadAllocsPerDelivery, res.HeadAllocBytesPerDelivery = allocMedians(res.Head)
+	r.say("  %s → head: CPU per 1,000 deliveries %.3f → %.3f s (×%.2f), p99 %.1f → %.1f ms, allocations per delivery %.0f → %.0f (%.1f → %.1f KB) (medians of %d rounds)",
+		res.Ref, res.BaseCPUPer1000, res.HeadCPUPer1000, res.CPURatio, res.BaseP99, res.HeadP99,
+		res.BaseAllocsPerDelivery, res.HeadAllocsPerDelivery, res.BaseAllocBytesPerDelivery/1000, res.HeadAllocBytesPerDelivery/1000, len(res.Head))
 	return res, nil
 }
 
@@ -133,6 +143,17 @@ func medians(steps []StepResult) (cpu, p99 float64) {
 		p99s = append(p99s, s.Latency.P99)
 	}
 	return median(cpus), median(p99s)
+}
+
+// allocMedians are the median allocations and bytes allocated per
+// delivery of steps.
+func allocMedians(steps []StepResult) (allocs, bytes float64) {
+	var as, bs []float64
+	for _, s := range steps {
+		as = append(as, s.AllocsPerDelivery)
+		bs = append(bs, s.AllocBytesPerDelivery)
+	}
+	return median(as), median(bs)
 }
 
 func median(v []float64) float64 {

@@ -128,8 +128,8 @@ func (res *Results) evaluateTargets() {
 	}
 
 	if c := res.Compare; c != nil {
-		add("CPU per 1,000 deliveries at 1,000 events/s against "+c.Ref, "(reported)", fmt.Sprintf("×%.2f: %.3f → %.3f CPU-s; p99 %.1f → %.1f ms (medians of %d alternating rounds)",
-			c.CPURatio, c.BaseCPUPer1000, c.HeadCPUPer1000, c.BaseP99, c.HeadP99, len(c.Head)), nil, quickNote)
+		add("CPU per 1,000 deliveries at 1,000 events/s against "+c.Ref, "(reported)", fmt.Sprintf("×%.2f: %.3f → %.3f CPU-s; p99 %.1f → %.1f ms; %.0f → %.0f allocations per delivery (medians of %d alternating rounds)",
+			c.CPURatio, c.BaseCPUPer1000, c.HeadCPUPer1000, c.BaseP99, c.HeadP99, c.BaseAllocsPerDelivery, c.HeadAllocsPerDelivery, len(c.Head)), nil, quickNote)
 	}
 	if st := res.Steady; st != nil {
 		s := st.Step
@@ -247,8 +247,9 @@ func (res *Results) Markdown() string {
 		}
 	}
 	if c := res.Compare; c != nil {
-		p("\n### Fan-out 1 at 1,000 events/s: %s against this tree\n\nRounds alternate the two builds, each on a fresh store. Median CPU per 1,000 deliveries %.3f → %.3f s (×%.2f), median p99 %.1f → %.1f ms.\n\n",
-			c.Ref, c.BaseCPUPer1000, c.HeadCPUPer1000, c.CPURatio, c.BaseP99, c.HeadP99)
+		p("\n### Fan-out 1 at 1,000 events/s: %s against this tree\n\nRounds alternate the two builds, each on a fresh store. Median CPU per 1,000 deliveries %.3f → %.3f s (×%.2f), median p99 %.1f → %.1f ms, median allocations per delivery %.0f → %.0f (%.1f → %.1f KB).\n\n",
+			c.Ref, c.BaseCPUPer1000, c.HeadCPUPer1000, c.CPURatio, c.BaseP99, c.HeadP99,
+			c.BaseAllocsPerDelivery, c.HeadAllocsPerDelivery, c.BaseAllocBytesPerDelivery/1000, c.HeadAllocBytesPerDelivery/1000)
 		var steps []StepResult
 		for i := range c.Head {
 			if i < len(c.Base) {

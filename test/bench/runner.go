@@ -147,9 +147,9 @@ func (r *Runner) sayStep(s StepResult) {
 	if len(worst) > 0 {
 		verdict += "; slowest 100 ms windows: " + strings.Join(worst, ", ")
 	}
-	r.say("  %-22s accepted %7.0f/s delivered %7.0f/s (ratio %.3f) p50 %6.1f ms p99 %7.1f ms p99.9 %7.1f ms (routed p50/p99 %.1f/%.1f ms, first attempt %.1f/%.1f ms) cpu %.3f s/1000 dispatcher %.2f cores harness %.2f cores manager %.2f cores machine %.2f busy, cpu pressure %.0f%% io %.0f%% dup %d missing %d — %s",
+	r.say("  %-22s accepted %7.0f/s delivered %7.0f/s (ratio %.3f) p50 %6.1f ms p99 %7.1f ms p99.9 %7.1f ms (routed p50/p99 %.1f/%.1f ms, first attempt %.1f/%.1f ms) cpu %.3f s/1000 allocs %.0f (%.1f KB)/delivery dispatcher %.2f cores harness %.2f cores manager %.2f cores machine %.2f busy, cpu pressure %.0f%% io %.0f%% dup %d missing %d — %s",
 		s.Name, s.AcceptedPerSec, s.DeliveredPerSec, s.Ratio, s.Latency.P50, s.Latency.P99, s.Latency.P999,
-		s.Stages.RoutedP50, s.Stages.RoutedP99, s.Stages.StartP50, s.Stages.StartP99, s.CPUPer1000, s.DispatcherCores, s.HarnessCores, s.ManagerCores, s.MachineBusyCores, 100*s.CPUPressure, 100*s.IOPressure, s.Ledger.Duplicates, s.Ledger.Missing, verdict)
+		s.Stages.RoutedP50, s.Stages.RoutedP99, s.Stages.StartP50, s.Stages.StartP99, s.CPUPer1000, s.AllocsPerDelivery, s.AllocBytesPerDelivery/1000, s.DispatcherCores, s.HarnessCores, s.ManagerCores, s.MachineBusyCores, 100*s.CPUPressure, 100*s.IOPressure, s.Ledger.Duplicates, s.Ledger.Missing, verdict)
 }
 
 func (r *Runner) newRun() int {

@@ -28,23 +28,53 @@ const (
 	startLagMetric  = "herald_delivery_start_lag_seconds"
 )
 
-// stageHistograms reads the dispatcher's stage histograms.
-func (r *Runner) stageHistograms(ctx context.Context) (map[string]*dto.Histogram, error) {
+// dispatcherReadings are the dispatcher's own figures a step reads at
+// each end: its stage histograms and the Go runtime's allocation counters.
+type dispatcherReadings struct {
+	stages             map[string]*dto.Histogram
+	mallocs, allocated float64
+}
+
+// The Go runtime's cumulative allocation counters, as client_golang's Go
+// collector exports them.
+const (
+	mallocsMetric   = "go_memstats_mallocs_total"
+	allocatedMetric = "go_memstats_alloc_bytes_total"
+)
+
+// readDispatcher reads the dispatcher's stage histograms and allocation
+// counters from one scrape. The scrape's own allocations fall between the
+// two counters of a step: a few hundred kilobytes with a few endpoints,
+// against the megabytes a step's deliveries allocate.
+func (r *Runner) readDispatcher(ctx context.Context) (dispatcherReadings, error) {
 	body, err := r.metrics(ctx)
 	if err != nil {
-		return nil, err
+		return dispatcherReadings{}, err
 	}
+	return parseReadings(body)
+}
+
+// parseReadings is readDispatcher's reading of an exposition; a counter
+// the exposition lacks reads as NaN.
+func parseReadings(body string) (dispatcherReadings, error) {
 	p := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := p.TextToMetricFamilies(strings.NewReader(body))
 	if err != nil {
-		return nil, err
+		return dispatcherReadings{}, err
 	}
-	out := map[string]*dto.Histogram{}
+	out := dispatcherReadings{stages: map[string]*dto.Histogram{}}
 	for _, name := range []string{routerLagMetric, startLagMetric} {
 		if f := families[name]; f != nil && len(f.GetMetric()) > 0 {
-			out[name] = f.GetMetric()[0].GetHistogram()
+			out.stages[name] = f.GetMetric()[0].GetHistogram()
 		}
 	}
+	counter := func(name string) float64 {
+		if f := families[name]; f != nil && len(f.GetMetric()) > 0 {
+			return f.GetMetric()[0].GetCounter().GetValue()
+		}
+		return math.NaN()
+	}
+	out.mallocs, out.allocated = counter(mallocsMetric), counter(allocatedMetric)
 	return out, nil
 }
 

@@ -2,10 +2,13 @@ package bench
 
 import (
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
 )
 
 // TestHistogramQuantileOverAStep: the quantile counts only the
@@ -53,3 +56,46 @@ func TestHistogramQuantileOverAStep(t *testing.T) {
 		t.Errorf("rank in +Inf: q0.99 = %v, want 0.1", got)
 	}
 }
+
+// TestParseReadingsReadsTheAllocationCounters: the Go runtime's counters
+// as client_golang exports them are read from a real Go collector's
+// exposition, and grow with an allocation; an exposition without them reads
+// as NaN, which the step reports as no figure.
+func TestParseReadingsReadsTheAllocationCounters(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector())
+	exposition := func() string {
+		families, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b strings.Builder
+		for _, f := range families {
+			if _, err := expfmt.MetricFamilyToText(&b, f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return b.String()
+	}
+	before, err := parseReadings(exposition())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink = make([]byte, 1<<20)
+	after, err := parseReadings(exposition())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !(after.mallocs > before.mallocs) || !(after.allocated-before.allocated >= 1<<20) {
+		t.Errorf("counters %v/%v -> %v/%v: want more allocations and at least the MiB allocated", before.mallocs, before.allocated, after.mallocs, after.allocated)
+	}
+	none, err := parseReadings("# TYPE other counter\nother 1\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !math.IsNaN(none.mallocs) || !math.IsNaN(none.allocated) {
+		t.Errorf("counters without the metrics = %v, %v; want NaN", none.mallocs, none.allocated)
+	}
+}
+
+var sink []byte

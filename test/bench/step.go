@@ -79,6 +79,12 @@ type StepResult struct {
 	// Stages splits the latency at the dispatcher's seams (from its own
 	// histograms; zero when the dispatcher restarted during the step).
 	Stages StageLag `json:"stages"`
+	// AllocsPerDelivery and AllocBytesPerDelivery are the dispatcher's heap
+	// allocations over the step per delivery made, ingest to log record
+	// (from the Go runtime's counters; zero when it restarted). Unlike
+	// CPU, they hardly depend on the machine's load.
+	AllocsPerDelivery     float64 `json:"dispatcherAllocsPerDelivery,omitempty"`
+	AllocBytesPerDelivery float64 `json:"dispatcherAllocBytesPerDelivery,omitempty"`
 	// Pass: not void, nothing missing or refused, p99 < 100 ms and a
 	// stable backlog — the knee criterion.
 	// AdjacentBaselinePerSec is the baseline measured just before this
@@ -149,7 +155,7 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepResult, error)
 	if before.dispatcherErr != nil {
 		return res, fmt.Errorf("read dispatcher /proc: %w", before.dispatcherErr)
 	}
-	stagesBefore, stagesErr := r.stageHistograms(ctx)
+	readBefore, readErr := r.readDispatcher(ctx)
 	start := r.clock.Since() + 20*time.Millisecond
 	interval := float64(time.Second) / spec.Rate
 
@@ -216,10 +222,12 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepResult, error)
 		res.Profile = <-profileDone
 	}
 
+	mallocs, allocated := math.NaN(), math.NaN()
 	if r.dispatcherPID() == pid {
 		res.measure(before, takeResourceSample(pid, r.managerPID()), (drained - start).Seconds())
-		if stagesAfter, err := r.stageHistograms(ctx); err == nil && stagesErr == nil {
-			res.Stages = stageLag(stagesBefore, stagesAfter)
+		if readAfter, err := r.readDispatcher(ctx); err == nil && readErr == nil {
+			res.Stages = stageLag(readBefore.stages, readAfter.stages)
+			mallocs, allocated = readAfter.mallocs-readBefore.mallocs, readAfter.allocated-readBefore.allocated
 		}
 	}
 
@@ -235,6 +243,10 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepResult, error)
 	}
 	if n := s.Delivered + s.ExtraDelivered; n > 0 && res.CPUSeconds > 0 {
 		res.CPUPer1000 = res.CPUSeconds / float64(n) * 1000
+	}
+	if n := s.Delivered + s.ExtraDelivered; n > 0 && !math.IsNaN(mallocs) && !math.IsNaN(allocated) {
+		res.AllocsPerDelivery = mallocs / float64(n)
+		res.AllocBytesPerDelivery = allocated / float64(n)
 	}
 	res.DrainSeconds = max(0, (min(drained, max(s.LastArrival, published)) - published).Seconds())
 
