@@ -384,6 +384,12 @@ func (r *Runner) cpuProfile(ctx context.Context, name string, secs int) (string,
 	return r.profile(ctx, name+".cpu.pprof", fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), time.Duration(secs+30)*time.Second, "")
 }
 
+// allocsProfile writes the dispatcher's allocations over the next secs
+// seconds (a delta profile), by space allocated.
+func (r *Runner) allocsProfile(ctx context.Context, name string, secs int) (string, error) {
+	return r.profile(ctx, name+".allocs.pprof", fmt.Sprintf("/debug/pprof/allocs?seconds=%d", secs), time.Duration(secs+30)*time.Second, "-sample_index=alloc_space")
+}
+
 // heapProfile writes the dispatcher's in-use heap profile.
 func (r *Runner) heapProfile(ctx context.Context, name string) (string, error) {
 	return r.profile(ctx, name+".heap.pprof", "/debug/pprof/heap?gc=1", 30*time.Second, "-sample_index=inuse_space")

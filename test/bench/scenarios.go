@@ -670,7 +670,7 @@ func (r *Runner) scaleEndpoints(ctx context.Context, ns string, res *ScaleResult
 	// What the idle dispatcher still allocates decides whether it is idle;
 	// the profile allocates megabytes itself, so it comes after the RSS
 	// and CPU readings.
-	if _, err := r.profile(ctx, "endpoints-idle.allocs.pprof", "/debug/pprof/allocs?seconds=20", time.Minute, "-sample_index=alloc_space"); err != nil {
+	if _, err := r.allocsProfile(ctx, "endpoints-idle", 20); err != nil {
 		r.say("allocation profile failed: %v", err)
 	}
 	res.GoroutinesIdle, _ = r.goroutines(ctx)

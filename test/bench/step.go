@@ -26,7 +26,8 @@ type stepSpec struct {
 	Drain time.Duration
 	// During, when set, runs beside the publisher (the SIGKILL scenario).
 	During func(ctx context.Context)
-	// ProfileName, when set, takes a CPU profile of the dispatcher over the
+	// ProfileName, when set, takes a CPU profile (and an allocation
+	// profile, <name>.allocs.pprof) of the dispatcher over the
 	// publishing window under that name, and a goroutine dump half-way
 	// through it: where the dispatcher waits, which a CPU profile does not
 	// show.
@@ -188,6 +189,7 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepResult, error)
 		wg.Go(func() { spec.During(sampleCtx) })
 	}
 	var profileDone chan string
+	var allocsDone chan struct{}
 	if spec.ProfileName != "" {
 		profileDone = make(chan string, 1)
 		go func() {
@@ -197,6 +199,15 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepResult, error)
 				r.say("CPU profile %s failed: %v", spec.ProfileName, err)
 			}
 			profileDone <- path
+		}()
+		allocsDone = make(chan struct{})
+		go func() {
+			// Over the same window: where the step's allocations are made.
+			defer close(allocsDone)
+			secs := max(int(spec.Duration.Seconds())-1, 1)
+			if _, err := r.allocsProfile(ctx, spec.ProfileName, secs); err != nil {
+				r.say("allocation profile %s failed: %v", spec.ProfileName, err)
+			}
 		}()
 		go func() {
 			sleepCtx(ctx, spec.Duration/2)
@@ -220,6 +231,7 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepResult, error)
 	wg.Wait()
 	if profileDone != nil {
 		res.Profile = <-profileDone
+		<-allocsDone
 	}
 
 	mallocs, allocated := math.NaN(), math.NaN()
