@@ -2,9 +2,6 @@ package ingest
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -21,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	heraldv1alpha1 "github.com/herald-dev/herald/api/v1alpha1"
+	"github.com/herald-dev/herald/dispatcher/internal/fieldhash"
 )
 
 // The permission a publisher needs: create events.herald.dev in the
@@ -175,20 +173,6 @@ func (c *decisionCache) get(ctx context.Context, key string, review func(context
 // reviewTimeout bounds one TokenReview or SubjectAccessReview call.
 const reviewTimeout = 10 * time.Second
 
-// hashKey derives a cache key from fields: SHA-256 over length-prefixed
-// fields, so a token never sits in memory longer than the request, and
-// distinct field lists never collide.
-func hashKey(domain string, fields ...string) string {
-	h := sha256.New()
-	var length [8]byte
-	for _, f := range append([]string{domain}, fields...) {
-		binary.BigEndian.PutUint64(length[:], uint64(len(f)))
-		h.Write(length[:])
-		h.Write([]byte(f))
-	}
-	return hex.EncodeToString(h.Sum(nil))
-}
-
 // ReviewLimit bounds the TokenReviews an authenticator makes for tokens it
 // has no cached decision for. Zero fields take the defaults.
 type ReviewLimit struct {
@@ -273,7 +257,9 @@ func (a *TokenReviewAuthenticator) AuthenticateToken(ctx context.Context, token 
 	if len(token) > maxTokenBytes {
 		return authenticationv1.UserInfo{}, &UnauthenticatedError{Reason: fmt.Sprintf("bearer token is longer than %d bytes", maxTokenBytes)}
 	}
-	v, err := a.cache.get(ctx, hashKey("herald-ingest-token/v1", a.audience, token), func(ctx context.Context) (any, bool, error) {
+	// The cache is keyed by the token's hash, so that a token never sits
+	// in memory longer than its request.
+	v, err := a.cache.get(ctx, fieldhash.Hex("herald-ingest-token/v1", a.audience, token), func(ctx context.Context) (any, bool, error) {
 		if wait := reserve(a.reviews, a.clock.Now()); wait > 0 {
 			return nil, false, &TokenReviewThrottledError{RetryAfter: wait}
 		}
@@ -394,7 +380,7 @@ func accessReviewKey(user authenticationv1.UserInfo, namespace string) string {
 		fields = append(fields, k, fmt.Sprint(len(user.Extra[k])))
 		fields = append(fields, user.Extra[k]...)
 	}
-	return hashKey("herald-ingest-sar/v1", fields...)
+	return fieldhash.Hex("herald-ingest-sar/v1", fields...)
 }
 
 // errNoBearerToken and errMalformedAuthorization are 401 reasons.

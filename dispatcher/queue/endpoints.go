@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/herald-dev/herald/dispatcher/internal/fieldhash"
 )
 
 // Pending is the number of deliveries queued for an endpoint and not yet
@@ -87,7 +89,7 @@ func (q *Queue) ReplayDeadLetters(ctx context.Context, namespace, endpoint strin
 		// A fresh id: the original may still be in the duplicate window of the
 		// deliveries stream. It derives from the dead letter's sequence, so a
 		// repeated replay of the same dead letter is de-duplicated.
-		dedupID := hashFields("herald-replay/v1", dl.DedupID, strconv.FormatUint(dl.Sequence, 10))
+		dedupID := fieldhash.Hex("herald-replay/v1", dl.DedupID, strconv.FormatUint(dl.Sequence, 10))
 		if _, _, err := q.PublishDelivery(ctx, namespace, endpoint, dedupID, dl.Data, RequeueHeader(dl.Header, now)); err != nil {
 			return fmt.Errorf("replay dead letter %d of %s/%s: %w", dl.Sequence, namespace, endpoint, err)
 		}

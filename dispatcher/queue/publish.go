@@ -11,6 +11,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/herald-dev/herald/dispatcher/internal/fieldhash"
 )
 
 // Header is metadata stored with a message, next to its payload. Keys are
@@ -87,7 +89,7 @@ func (q *Queue) DeadLetter(ctx context.Context, m *Message, reason string) error
 	header.Set(HeaderDeadLetterTime, time.Now().UTC().Format(time.RFC3339))
 	dedupID := m.DedupID
 	if dedupID == "" {
-		dedupID = hashFields("herald-deadletter/v1", DeliveriesStream, strconv.FormatUint(m.Sequence, 10))
+		dedupID = fieldhash.Hex("herald-deadletter/v1", DeliveriesStream, strconv.FormatUint(m.Sequence, 10))
 	}
 	if _, _, err := q.PublishDeadLetter(ctx, m.Namespace, m.Endpoint, dedupID, m.Data, header); err != nil {
 		return err

@@ -1,11 +1,10 @@
 package queue
 
 import (
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"strings"
+
+	"github.com/herald-dev/herald/dispatcher/internal/fieldhash"
 )
 
 // Stream names. They are fixed so that several dispatcher replicas, and a
@@ -178,7 +177,7 @@ func parseSubject(subject string) (namespace, endpoint string, err error) {
 // a hash (hex SHA-256) of the length-prefixed fields: fixed length and free
 // of ambiguity ("a|b"+"c" never equals "a"+"b|c").
 func EventDedupID(namespace, source, id string) string {
-	return hashFields("herald-event/v1", namespace, source, id)
+	return fieldhash.Hex("herald-event/v1", namespace, source, id)
 }
 
 // DeliveryDedupID is the de-duplication id to publish the delivery of one
@@ -188,25 +187,14 @@ func EventDedupID(namespace, source, id string) string {
 // restarts within the duplicate window; two Subscriptions matching the same
 // event for the same endpoint also collapse into one delivery.
 func DeliveryDedupID(eventKey, namespace, endpoint string) string {
-	return hashFields("herald-delivery/v1", eventKey, namespace, endpoint)
+	return fieldhash.Hex("herald-delivery/v1", eventKey, namespace, endpoint)
 }
 
 // RequeueDedupID is the de-duplication id of a delivery queued again by
 // one requeue operation (a Redelivery, by its UID): retrying the requeue
 // within the duplicate window queues it once.
 func RequeueDedupID(operation, webhookID string) string {
-	return hashFields("herald-requeue/v1", operation, webhookID)
-}
-
-func hashFields(domain string, fields ...string) string {
-	h := sha256.New()
-	var length [8]byte
-	for _, f := range append([]string{domain}, fields...) {
-		binary.BigEndian.PutUint64(length[:], uint64(len(f)))
-		h.Write(length[:])
-		h.Write([]byte(f))
-	}
-	return hex.EncodeToString(h.Sum(nil))
+	return fieldhash.Hex("herald-requeue/v1", operation, webhookID)
 }
 
 // validateName rejects names that cannot be encoded as a subject token.
@@ -227,7 +215,7 @@ func deliveryConsumerName(namespace, endpoint string) string {
 	if len(name) <= maxConsumerNameLen {
 		return name
 	}
-	return "deliveries__h_" + hashFields("herald-consumer/v1", namespace, endpoint)[:40]
+	return "deliveries__h_" + fieldhash.Hex("herald-consumer/v1", namespace, endpoint)[:40]
 }
 
 const maxConsumerNameLen = 200
