@@ -27,7 +27,9 @@ type Recorder interface {
 func logEntry(namespace, endpoint string, msg *queue.Message, parsed *cloudEvent, o *Outcome, body []byte) deliverylog.Entry {
 	var ev deliverylog.Event
 	if parsed != nil {
-		ev = eventContextOf(parsed.attrs)
+		// parseEvent decoded the required attributes already.
+		subject, _, _ := stringAttr(parsed.attrs, "subject")
+		ev = deliverylog.Event{ID: parsed.id, Source: parsed.source, Type: parsed.typ, Subject: subject, Time: parsed.eventTime()}
 	} else {
 		ev = eventContext(msg.Data)
 	}

@@ -109,3 +109,28 @@ func BenchmarkLogEntry(b *testing.B) {
 		})
 	}
 }
+
+// TestLogEntryContextIsTheSameParsedOrNot: the record's event context taken
+// from what parseEvent decoded equals the one read from the payload alone.
+func TestLogEntryContextIsTheSameParsedOrNot(t *testing.T) {
+	o := &Outcome{Success: true, WebhookID: "msg_1", Attempt: 1, Time: time.Now(), StatusCode: http.StatusOK}
+	for _, payload := range []string{
+		string(testEvent("o-1")),
+		`{"specversion":"1.0","id":"o-2","source":"/orders","type":"order.created","subject":"orders/2","time":"2026-01-02T03:04:05.123456789+05:30"}`,
+		`{"specversion":"1.0","id":"o-3","source":"/o\u00e9","type":"t","subject":null,"time":"not a time"}`,
+		`{"specversion":"1.0","id":"o-4","source":"/orders","type":"t","subject":"x\"y"}`,
+	} {
+		msg := &queue.Message{Data: []byte(payload)}
+		parsed, err := parseEvent(msg.Data)
+		if err != nil {
+			t.Fatalf("%s: %v", payload, err)
+		}
+		withParsed, alone := logEntry("shop", "orders", msg, parsed, o, nil), logEntry("shop", "orders", msg, nil, o, nil)
+		a, b := withParsed.Event, alone.Event
+		sameTime := a.Time.Equal(b.Time) && a.Time.Format(time.RFC3339Nano) == b.Time.Format(time.RFC3339Nano)
+		a.Time, b.Time = time.Time{}, time.Time{} // each parse makes its own zone
+		if a != b || !sameTime {
+			t.Errorf("%s:\n parsed %+v\n alone  %+v", payload, withParsed.Event, alone.Event)
+		}
+	}
+}
