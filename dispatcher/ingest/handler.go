@@ -567,10 +567,14 @@ func (h *Handler) store(ctx context.Context, namespace string, events []*decoded
 	defer cancel()
 	batchMsgs := make([]queue.EventPublish, len(events))
 	webhookIDs := make([]string, len(events))
+	// The SDK builds an event's source string from its parsed URI on every
+	// call: once per event here.
+	sources := make([]string, len(events))
 	ingestedAt := time.Now().UTC().Format(time.RFC3339Nano)
 	for i, ev := range events {
-		eventKey := queue.EventDedupID(namespace, ev.source(), ev.id())
-		webhookIDs[i] = queue.WebhookID(namespace, ev.source(), ev.id())
+		sources[i] = ev.source()
+		eventKey := queue.EventDedupID(namespace, sources[i], ev.id())
+		webhookIDs[i] = queue.WebhookID(namespace, sources[i], ev.id())
 		header := queue.Header{}
 		header.Set(queue.HeaderWebhookID, webhookIDs[i])
 		header.Set(queue.HeaderEventKey, eventKey)
@@ -592,7 +596,7 @@ func (h *Handler) store(ctx context.Context, namespace string, events []*decoded
 			h.metrics.eventsResult(namespace, resultAccepted, 1)
 		}
 		if firstErr == nil {
-			resp.Events = append(resp.Events, AcceptedEvent{ID: events[i].id(), Source: events[i].source(), WebhookID: webhookIDs[i], Duplicate: res.Duplicate})
+			resp.Events = append(resp.Events, AcceptedEvent{ID: events[i].id(), Source: sources[i], WebhookID: webhookIDs[i], Duplicate: res.Duplicate})
 		}
 	}
 	if firstErr != nil {
