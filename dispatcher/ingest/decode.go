@@ -788,23 +788,23 @@ func validateEvent(ev *event.Event) *requestError {
 	if v := ev.SpecVersion(); v != specVersion {
 		return badEvent("specversion", "attribute specversion must be %q, got %s", specVersion, quote(v))
 	}
-	values := map[string]string{
-		"id":     ev.ID(),
-		"source": ev.Source(),
-		"type":   ev.Type(),
+	// In the order of requiredAttributes and optionalAttributes; the
+	// optional ones only when set. specversion is checked above, and the
+	// SDK has parsed time.
+	attributes := [...]struct {
+		name, value string
+		required    bool
+	}{
+		{"id", ev.ID(), true},
+		{"source", ev.Source(), true},
+		{"type", ev.Type(), true},
+		{"subject", ev.Subject(), false},
+		{"datacontenttype", ev.DataContentType(), false},
+		{"dataschema", ev.DataSchema(), false},
 	}
-	if s := ev.Subject(); s != "" {
-		values["subject"] = s
-	}
-	if ct := ev.DataContentType(); ct != "" {
-		values["datacontenttype"] = ct
-	}
-	if ds := ev.DataSchema(); ds != "" {
-		values["dataschema"] = ds
-	}
-	for _, name := range append(slices.Clone(requiredAttributes), optionalAttributes...) {
-		if value, ok := values[name]; ok {
-			if rerr := checkAttributeValue(name, value); rerr != nil {
+	for _, a := range attributes {
+		if a.required || a.value != "" {
+			if rerr := checkAttributeValue(a.name, a.value); rerr != nil {
 				return rerr
 			}
 		}

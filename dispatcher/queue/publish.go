@@ -306,7 +306,7 @@ func newPublishMsg(subject, dedupID string, payload []byte, header Header) (*nat
 		return nil, fmt.Errorf("publish to %s: de-duplication id must not be empty", subject)
 	}
 	for key := range header {
-		if strings.HasPrefix(strings.ToLower(key), natsHeaderPrefix) {
+		if isJetStreamHeader(key) {
 			return nil, fmt.Errorf("publish to %s: header %q is reserved for JetStream", subject, key)
 		}
 	}
@@ -346,11 +346,18 @@ func cloneHeader(h Header) Header {
 	return out
 }
 
+// isJetStreamHeader reports whether a header name is JetStream's
+// (Nats-Msg-Id, Nats-Expected-Stream, ...), in any case, without
+// lower-casing a copy of it: every message read and published asks.
+func isJetStreamHeader(key string) bool {
+	return len(key) >= len(natsHeaderPrefix) && strings.EqualFold(key[:len(natsHeaderPrefix)], natsHeaderPrefix)
+}
+
 // publicHeader returns the message's headers without JetStream's own.
 func publicHeader(h nats.Header) Header {
 	out := make(Header, len(h))
 	for k, v := range h {
-		if strings.HasPrefix(strings.ToLower(k), natsHeaderPrefix) {
+		if isJetStreamHeader(k) {
 			continue
 		}
 		out[k] = v
