@@ -146,12 +146,15 @@ func medians(steps []StepResult) (cpu, p99 float64) {
 }
 
 // allocMedians are the median allocations and bytes allocated per
-// delivery of steps.
+// delivery of the steps that report them (the profiled last round does
+// not).
 func allocMedians(steps []StepResult) (allocs, bytes float64) {
 	var as, bs []float64
 	for _, s := range steps {
-		as = append(as, s.AllocsPerDelivery)
-		bs = append(bs, s.AllocBytesPerDelivery)
+		if s.AllocsPerDelivery > 0 {
+			as = append(as, s.AllocsPerDelivery)
+			bs = append(bs, s.AllocBytesPerDelivery)
+		}
 	}
 	return median(as), median(bs)
 }

@@ -82,8 +82,10 @@ type StepResult struct {
 	Stages StageLag `json:"stages"`
 	// AllocsPerDelivery and AllocBytesPerDelivery are the dispatcher's heap
 	// allocations over the step per delivery made, ingest to log record
-	// (from the Go runtime's counters; zero when it restarted). Unlike
-	// CPU, they hardly depend on the machine's load.
+	// (from the Go runtime's counters). Unlike CPU, they hardly depend on
+	// the machine's load. Zero when the dispatcher restarted, and in
+	// profiled steps: writing the profiles allocates megabytes in the
+	// dispatcher (40 more per delivery in a 7 s step at 2,550 events/s).
 	AllocsPerDelivery     float64 `json:"dispatcherAllocsPerDelivery,omitempty"`
 	AllocBytesPerDelivery float64 `json:"dispatcherAllocBytesPerDelivery,omitempty"`
 	// Pass: not void, nothing missing or refused, p99 < 100 ms and a
@@ -256,7 +258,7 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepResult, error)
 	if n := s.Delivered + s.ExtraDelivered; n > 0 && res.CPUSeconds > 0 {
 		res.CPUPer1000 = res.CPUSeconds / float64(n) * 1000
 	}
-	if n := s.Delivered + s.ExtraDelivered; n > 0 && !math.IsNaN(mallocs) && !math.IsNaN(allocated) {
+	if n := s.Delivered + s.ExtraDelivered; n > 0 && spec.ProfileName == "" && !math.IsNaN(mallocs) && !math.IsNaN(allocated) {
 		res.AllocsPerDelivery = mallocs / float64(n)
 		res.AllocBytesPerDelivery = allocated / float64(n)
 	}
