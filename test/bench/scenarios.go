@@ -282,13 +282,13 @@ func (r *Runner) waitIdleGC(ctx context.Context) string {
 			return "absent"
 		}
 		if first {
-			allocatedAtStart, _ = sumSeries(body, "go_memstats_alloc_bytes_total")
+			allocatedAtStart, _ = sumSeries(body, allocatedMetric)
 		}
 		if v, err := sumSeries(body, name); err == nil && v == 1 {
 			return "idle"
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			allocated, _ := sumSeries(body, "go_memstats_alloc_bytes_total")
+			allocated, _ := sumSeries(body, allocatedMetric)
 			heap, _ := sumSeries(body, "go_memstats_heap_alloc_bytes")
 			r.say("  the dispatcher's idle GC setting is still not in force after two minutes: it allocated %.0f KiB/s, heap %.1f MiB",
 				(allocated-allocatedAtStart)/1024/time.Since(start).Seconds(), mib(int64(heap)))
