@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,8 +10,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"runtime/pprof"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -363,4 +366,18 @@ func expectEachOnce(t testing.TB, rc *receiver, n int) {
 			t.Errorf("delivery %s arrived %d times", id, seen[id])
 		}
 	}
+}
+
+// deliveryStacks is the stacks of the goroutines in this package's code
+// and the queue's, for a test that timed out to say where it waited.
+func deliveryStacks() string {
+	var buf bytes.Buffer
+	_ = pprof.Lookup("goroutine").WriteTo(&buf, 2)
+	var keep []string
+	for _, g := range strings.Split(buf.String(), "\n\n") {
+		if strings.Contains(g, "herald/dispatcher/delivery.") || strings.Contains(g, "herald/dispatcher/queue.") {
+			keep = append(keep, g)
+		}
+	}
+	return strings.Join(keep, "\n\n")
 }
