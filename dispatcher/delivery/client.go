@@ -39,11 +39,17 @@ type ClientConfig struct {
 // Client sends the requests of one endpoint. It has its own transport (TLS
 // material and connection pool are per endpoint), never uses a proxy, never
 // follows redirects, and dials only through the SSRF guard.
+//
+// It sends through the transport's RoundTrip rather than an http.Client:
+// the client's work is following redirects, which Herald never does (a
+// 3xx is a failure like any other non-2xx: following it could lead to an
+// internal address the receiver chose), cookies and URL credentials,
+// which it has none of (the endpoint's URL may not carry credentials), and
+// copying every request's headers for the redirects.
 type Client struct {
-	httpClient *http.Client
-	transport  *http.Transport
-	timeout    time.Duration
-	keepBody   int
+	transport *http.Transport
+	timeout   time.Duration
+	keepBody  int
 }
 
 // Response is what Herald keeps of an answer.
@@ -99,17 +105,7 @@ func NewClient(dialer *ssrf.Dialer, cfg ClientConfig) (*Client, error) {
 		DisableCompression:     true,
 		MaxResponseHeaderBytes: MaxResponseBody,
 	}
-	return &Client{
-		httpClient: &http.Client{
-			Transport: transport,
-			// A 3xx is a failure like any other non-2xx: following it could
-			// lead to an internal address the receiver chose.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
-		transport: transport,
-		timeout:   cfg.Timeout,
-		keepBody:  cfg.KeepBody,
-	}, nil
+	return &Client{transport: transport, timeout: cfg.Timeout, keepBody: cfg.KeepBody}, nil
 }
 
 // Do sends req within the attempt timeout and reads at most
@@ -120,9 +116,9 @@ func (c *Client) Do(req *http.Request) (Response, error) {
 	ctx, cancel := context.WithTimeout(req.Context(), c.timeout)
 	defer cancel()
 	start := time.Now()
-	resp, err := c.httpClient.Do(req.WithContext(ctx))
+	resp, err := c.transport.RoundTrip(req.WithContext(ctx))
 	if err != nil {
-		return Response{Latency: time.Since(start)}, withoutURL(err)
+		return Response{Latency: time.Since(start)}, sendError(err)
 	}
 	// The status decides the outcome; the body is read (bounded) only so
 	// that the connection can be reused, and a slow or endless body ends
@@ -163,14 +159,16 @@ func readStart(r io.Reader, n int) []byte {
 	return append([]byte(nil), buf[:k]...)
 }
 
-// withoutURL drops the URL net/http puts into its errors: its query may
-// carry a token. The cause stays wrapped for ClassifyError.
-func withoutURL(err error) error {
+// sendError is the error of a request that got no answer. It never
+// includes the URL, whose query may carry a token: the transport's errors
+// do not, and one that did as a *url.Error (as http.Client's do) has it
+// dropped. The cause stays wrapped for ClassifyError.
+func sendError(err error) error {
 	var urlErr *url.Error
 	if errors.As(err, &urlErr) {
-		return fmt.Errorf("send request: %w", urlErr.Err)
+		err = urlErr.Err
 	}
-	return err
+	return fmt.Errorf("send request: %w", err)
 }
 
 // CloseIdleConnections closes the idle connections of the client's

@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -100,8 +101,10 @@ func stringAttr(attrs map[string]json.RawMessage, name string) (string, bool, er
 }
 
 func isJSONNull(raw json.RawMessage) bool {
-	return strings.TrimSpace(string(raw)) == "null"
+	return bytes.Equal(bytes.TrimSpace(raw), jsonNull)
 }
+
+var jsonNull = []byte("null")
 
 // eventTime is the event's "time" attribute, or zero when it is absent or
 // not RFC 3339.

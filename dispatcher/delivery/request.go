@@ -192,7 +192,14 @@ func (t *Target) buildRequest(ctx context.Context, ev *cloudEvent, d Delivery, n
 		webhookID = queue.WebhookID(d.Namespace, ev.source, ev.id)
 	}
 
-	header := make(http.Header, len(t.header)+12)
+	// Content-Type, User-Agent and the three webhook-* headers, and the
+	// binary format's ce-* attributes: sized so that the common case is one
+	// small map.
+	extra := 5
+	if t.format == heraldv1.PayloadCloudEventsBinary {
+		extra = 12
+	}
+	header := make(http.Header, len(t.header)+extra)
 	for k, v := range t.header {
 		header[k] = v
 	}
