@@ -251,7 +251,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 				return r.fanOut(ctx, "bench-fanout1-nolog", 1, 1000, r.p.fanOut1Steps, "")
 			})
 		case ScenarioFanOut10:
-			r.results.FanOut10, err = r.fanOut(ctx, "bench-fanout10", 10, 200, r.p.fanOut10Steps, "")
+			r.results.FanOut10, err = r.fanOut(ctx, "bench-fanout10", 10, 200, r.p.fanOut10Steps, "fanout10")
 		case ScenarioIsolation:
 			r.results.Isolation, err = r.isolation(ctx)
 		case ScenarioKill:
