@@ -299,13 +299,14 @@ func newMessage(m *nats.Msg, conn *nats.Conn) (*Message, error) {
 	if err != nil {
 		return nil, err
 	}
+	dedupID := m.Header.Get(jetstream.MsgIDHeader)
 	return &Message{
 		Namespace:    namespace,
 		Endpoint:     endpoint,
 		Subject:      m.Subject,
 		Data:         m.Data,
 		Header:       publicHeader(m.Header),
-		DedupID:      m.Header.Get(jetstream.MsgIDHeader),
+		DedupID:      dedupID,
 		Sequence:     meta.Sequence.Stream,
 		NumDelivered: meta.NumDelivered,
 		Timestamp:    meta.Timestamp,

@@ -151,11 +151,12 @@ func (q *Queue) DeadLetters(ctx context.Context, namespace, endpoint string, upT
 		if raw.Sequence > upTo {
 			return nil
 		}
+		dedupID := raw.Header.Get(jetstream.MsgIDHeader)
 		dl := &StoredDeadLetter{
 			Sequence: raw.Sequence,
 			Data:     raw.Data,
 			Header:   publicHeader(raw.Header),
-			DedupID:  raw.Header.Get(jetstream.MsgIDHeader),
+			DedupID:  dedupID,
 			Time:     raw.Time,
 		}
 		if err := fn(dl); err != nil {
