@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"math/big"
@@ -20,6 +21,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -404,6 +406,54 @@ func (p *testPKI) issue(t testing.TB, cn string, usage x509.ExtKeyUsage, ips []n
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
+}
+
+// TestClientSpeaksHTTP2ToAReceiverThatOffersIt: over TLS, a receiver
+// that offers HTTP/2 gets the request over HTTP/2, and an HTTP/1.1-only one
+// over HTTP/1.1, with the answer read either way; requests on one
+// connection each time.
+func TestClientSpeaksHTTP2ToAReceiverThatOffersIt(t *testing.T) {
+	for _, h2 := range []bool{true, false} {
+		t.Run(fmt.Sprintf("receiver offers HTTP/2: %v", h2), func(t *testing.T) {
+			var protos []int
+			var mu sync.Mutex
+			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				protos = append(protos, r.ProtoMajor)
+				mu.Unlock()
+				w.Header().Set("Retry-After", "3")
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_, _ = io.WriteString(w, "busy")
+			}))
+			srv.EnableHTTP2 = h2
+			srv.StartTLS()
+			t.Cleanup(srv.Close)
+			caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+			dialer, rec := testDialer(loopbackAllowlist, nil)
+			c := mustClient(t, dialer, ClientConfig{CABundle: caPEM, KeepBody: 16})
+			for range 3 {
+				resp, err := post(t, c, srv.URL)
+				if err != nil || resp.StatusCode != http.StatusServiceUnavailable || resp.RetryAfter != "3" || string(resp.Body) != "busy" {
+					t.Fatalf("got %+v, %v", resp, err)
+				}
+			}
+			want := 1
+			if h2 {
+				want = 2
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, p := range protos {
+				if p != want {
+					t.Errorf("requests arrived over HTTP/%v, want HTTP/%d", protos, want)
+					break
+				}
+			}
+			if n := len(rec.addresses()); n != 1 {
+				t.Errorf("%d connections dialled for 3 requests, want 1", n)
+			}
+		})
+	}
 }
 
 func TestClientCustomCA(t *testing.T) {
